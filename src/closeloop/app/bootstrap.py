@@ -1,0 +1,108 @@
+"""The composition root: build everything from Settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from closeloop.app.dispatch import Dispatcher, RetryPolicy
+from closeloop.app.runtime import Runtime, Workflows
+from closeloop.app.service import CustomerService
+from closeloop.app.settings import Settings
+from closeloop.channels import SinkChannel
+from closeloop.clock import Clock, SystemClock
+from closeloop.connectors import LedgerCore
+from closeloop.spec import load_spec_file
+from closeloop.store import Store
+from closeloop.store.database import create_engine
+
+
+@dataclass(kw_only=True)
+class App:
+    settings: Settings
+    clock: Clock
+    store: Store
+    runtime: Runtime
+    dispatcher: Dispatcher
+    service: CustomerService
+    sink: SinkChannel
+    ledger: LedgerCore
+
+    def work(self, limit: int | None = None) -> int:
+        """Run due timers, messages and writebacks until nothing is due now."""
+        size = limit or self.settings.batch_size
+        total = 0
+        while True:
+            done = (
+                self.runtime.run_due_timers(size)
+                + self.dispatcher.send_messages(size)
+                + self.dispatcher.run_writebacks(size)
+            )
+            total += done
+            if not done:
+                return total
+
+    def close(self) -> None:
+        self.store.dispose()
+        self.sink.engine.dispose()
+        self.ledger.engine.dispose()
+
+
+def build(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    upgrade: bool = True,
+    seed: int = 0,
+    error_rate: float = 0.0,
+    timeout_rate: float = 0.0,
+) -> App:
+    """Wire the store, runtime, dispatchers and local providers from settings."""
+    clock = clock or SystemClock()
+    store = Store.connect(settings.resolved_database_url())
+    if upgrade:
+        store.upgrade()
+    world = create_engine(settings.resolved_world_url())
+    sink = SinkChannel(world, clock.now)
+    ledger = LedgerCore(
+        world,
+        clock=clock.now,
+        seed=seed,
+        error_rate=error_rate,
+        timeout_after_commit_rate=timeout_rate,
+    )
+    workflows = Workflows(load_spec_file(path) for path in settings.workflows)
+    runtime = Runtime(
+        store=store,
+        workflows=workflows,
+        connector=ledger,
+        clock=clock,
+        cohort_percent=settings.cohort_percent,
+    )
+    runtime.register_workflows()
+    lifetime = timedelta(hours=settings.link_lifetime_hours)
+    retry = RetryPolicy(
+        max_attempts=settings.writeback_max_attempts,
+        base=timedelta(seconds=settings.writeback_base_delay_seconds),
+        cap=timedelta(seconds=settings.writeback_max_delay_seconds),
+    )
+    channels = {"email": sink, "sms": sink, "whatsapp": sink, "webhook": sink}
+    dispatcher = Dispatcher(
+        runtime,
+        channels=channels,
+        connector=ledger,
+        retry=retry,
+        public_url=settings.public_url,
+        link_lifetime=lifetime,
+    )
+    service = CustomerService(runtime, public_url=settings.public_url, link_lifetime=lifetime)
+    return App(
+        settings=settings,
+        clock=clock,
+        store=store,
+        runtime=runtime,
+        dispatcher=dispatcher,
+        service=service,
+        sink=sink,
+        ledger=ledger,
+    )

@@ -1,0 +1,242 @@
+"""Dispatchers carry committed intents out and record what happened.
+
+An outbox row is leased (its next attempt pushed past the lease) in a short
+transaction, carried out with no transaction open, and its result committed
+together with the event it feeds back into the case. A process killed while
+holding a lease loses nothing: the row becomes due again when the lease ends,
+and its idempotency key makes the second attempt harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from closeloop.app import links
+from closeloop.app.runtime import Runtime
+from closeloop.channels import Channel, OutgoingMessage, SendResult, render_message
+from closeloop.connectors import Connector, WritebackResult
+from closeloop.engine import (
+    Event,
+    MessageFailed,
+    MessageSent,
+    WritebackFailed,
+    WritebackSucceeded,
+    step,
+)
+from closeloop.errors import InputError
+from closeloop.ids import rng_for
+from closeloop.store import Applied, OutboxItem
+
+log = structlog.get_logger("closeloop.dispatch")
+LEASE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """Capped exponential backoff with full jitter, drawn per (key, attempt)."""
+
+    max_attempts: int = 6
+    base: timedelta = timedelta(seconds=30)
+    cap: timedelta = timedelta(hours=1)
+
+    def delay(self, key: str, attempt: int) -> timedelta:
+        ceiling = min(self.cap, self.base * (2**attempt))
+        fraction = rng_for(0, "retry", key, str(attempt)).random()
+        return timedelta(seconds=ceiling.total_seconds() * fraction)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        channels: Mapping[str, Channel],
+        connector: Connector,
+        retry: RetryPolicy,
+        public_url: str,
+        link_lifetime: timedelta,
+    ) -> None:
+        self.runtime = runtime
+        self.channels = channels
+        self.connector = connector
+        self.retry = retry
+        self.public_url = public_url
+        self.link_lifetime = link_lifetime
+
+    def release_leases(self) -> None:
+        """Make leased rows due now: for a single process resuming after a crash."""
+        with self.runtime.store.transaction() as tx:
+            tx.release_leases(self.runtime.clock.now())
+
+    # -- messages ------------------------------------------------------------
+    def send_messages(self, limit: int = 500) -> int:
+        claimed, prepared = self._lease("message", limit)
+        if not claimed:
+            return 0
+        results = []
+        for item in claimed:
+            message = prepared.get(item.id)
+            if message is None:
+                results.append((item, SendResult(status="failed", reason="could not render")))
+                continue
+            channel = self.channels.get(message.channel)
+            if channel is None:
+                results.append(
+                    (item, SendResult(status="failed", reason=f"no {message.channel} channel"))
+                )
+                continue
+            results.append((item, channel.send(message)))
+        now = self.runtime.clock.now()
+        with self.runtime.store.transaction() as tx:
+            batch, cases = [], tx.load_cases(sorted({i.case_id for i, _ in results}))
+            for item, result in results:
+                payload = item.payload
+                if result.status == "retry" and item.attempts + 1 < self.retry.max_attempts:
+                    tx.retry_outbox(
+                        item.id,
+                        now + self.retry.delay(item.idempotency_key, item.attempts),
+                        {"reason": result.reason},
+                        now,
+                    )
+                    continue
+                status = "done" if result.status == "sent" else "failed"
+                tx.finish_outbox(
+                    item.id,
+                    status,
+                    {"reason": result.reason, "provider_id": result.provider_id},
+                    now,
+                )
+                event: Event
+                if result.status == "sent":
+                    event = MessageSent(
+                        message_id=item.idempotency_key,
+                        channel=payload["channel"],
+                        key=f"outbox:{item.id}",
+                    )
+                else:
+                    event = MessageFailed(
+                        message_id=item.idempotency_key,
+                        channel=payload["channel"],
+                        step=payload["step"],
+                        reason=result.reason,
+                        key=f"outbox:{item.id}",
+                    )
+                case = cases.get(item.case_id)
+                if case is None or tx.seen(case.id, f"outbox:{item.id}"):
+                    continue
+                decision = step(case, event, self.runtime.spec_for(case, tx), now)
+                cases[case.id] = decision.case
+                batch.append(Applied(decision=decision, dedupe_key=event.key))
+            tx.commit_decisions(batch, now)
+        return len(claimed)
+
+    def _lease(self, kind: str, limit: int) -> tuple[list[OutboxItem], dict[int, OutgoingMessage]]:
+        now = self.runtime.clock.now()
+        prepared: dict[int, OutgoingMessage] = {}
+        with self.runtime.store.transaction() as tx:
+            claimed = tx.claim_outbox(kind, now, limit)
+            tx.lease_outbox([i.id for i in claimed], now + LEASE)
+            if kind != "message":
+                return claimed, prepared
+            cases = tx.load_cases(sorted({i.case_id for i in claimed}))
+            for item in claimed:
+                case = cases.get(item.case_id)
+                if case is None:
+                    continue
+                spec = self.runtime.spec_for(case, tx).spec
+                template = spec.templates[item.payload["template"]]
+                url = links.issue(
+                    tx,
+                    case_id=case.id,
+                    channel=item.payload["channel"],
+                    now=now,
+                    lifetime=self.link_lifetime,
+                    public_url=self.public_url,
+                )
+                context: dict[str, Any] = {
+                    **case.data,
+                    "link": url,
+                    "first_name": case.account.get("first_name", ""),
+                }
+                try:
+                    subject, body = render_message(template.subject, template.body, context)
+                except InputError as exc:
+                    log.warning("template_failed", case_id=case.id, error=str(exc))
+                    continue
+                prepared[item.id] = OutgoingMessage(
+                    idempotency_key=item.idempotency_key,
+                    case_id=case.id,
+                    channel=item.payload["channel"],
+                    address=item.payload["address"],
+                    subject=subject,
+                    body=body,
+                    link=url,
+                )
+        return claimed, prepared
+
+    # -- writebacks ----------------------------------------------------------
+    def run_writebacks(self, limit: int = 500) -> int:
+        claimed, _ = self._lease("writeback", limit)
+        if not claimed:
+            return 0
+        results: list[tuple[OutboxItem, WritebackResult]] = []
+        for item in claimed:
+            payload = item.payload
+            try:
+                result = self.connector.execute(
+                    payload["operation"],
+                    payload.get("argument"),
+                    payload["data"],
+                    item.idempotency_key,
+                )
+            except Exception as exc:  # a connector bug must not lose the outcome
+                log.exception("connector_crashed", key=item.idempotency_key)
+                result = WritebackResult(ok=False, retryable=True, error=f"connector error: {exc}")
+            results.append((item, result))
+        now = self.runtime.clock.now()
+        with self.runtime.store.transaction() as tx:
+            batch, cases = [], tx.load_cases(sorted({i.case_id for i, _ in results}))
+            for item, result in results:
+                if (
+                    not result.ok
+                    and result.retryable
+                    and (item.attempts + 1 < self.retry.max_attempts)
+                ):
+                    at = now + self.retry.delay(item.idempotency_key, item.attempts)
+                    tx.retry_outbox(item.id, at, {"error": result.error}, now)
+                    continue
+                tx.finish_outbox(
+                    item.id,
+                    "done" if result.ok else "failed",
+                    {"reference": result.reference, "error": result.error},
+                    now,
+                )
+                event: Event
+                if result.ok:
+                    event = WritebackSucceeded(
+                        operation_key=item.idempotency_key,
+                        reference=result.reference,
+                        key=f"outbox:{item.id}",
+                    )
+                else:
+                    reason = (
+                        result.error
+                        if not result.retryable
+                        else (f"gave up after {item.attempts + 1} attempts: {result.error}")
+                    )
+                    event = WritebackFailed(
+                        operation_key=item.idempotency_key, reason=reason, key=f"outbox:{item.id}"
+                    )
+                case = cases.get(item.case_id)
+                if case is None or tx.seen(case.id, f"outbox:{item.id}"):
+                    continue
+                decision = step(case, event, self.runtime.spec_for(case, tx), now)
+                cases[case.id] = decision.case
+                batch.append(Applied(decision=decision, dedupe_key=event.key))
+            tx.commit_decisions(batch, now)
+        return len(claimed)

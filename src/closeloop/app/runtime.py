@@ -1,0 +1,328 @@
+"""The runtime: applies the engine to stored cases and commits the outcome.
+
+Every path into a case goes through here: trigger intake, backend events,
+due timers, dispatch results and customer actions. Each commits the case's
+new state, its history and its intents in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from closeloop import rollout
+from closeloop.clock import Clock
+from closeloop.connectors import Connector
+from closeloop.engine import (
+    BackendEvent,
+    Case,
+    Contact,
+    Decision,
+    Entry,
+    Event,
+    Intent,
+    Opened,
+    SetTimer,
+    Status,
+    TimerFired,
+    step,
+)
+from closeloop.errors import NotFound, TriggerError
+from closeloop.ids import derived_id
+from closeloop.spec import CompiledSpec, load_spec
+from closeloop.spec.trigger import parse_trigger_data
+from closeloop.store import Applied, Store, Tx
+
+log = structlog.get_logger("closeloop.runtime")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerIn:
+    """A backend event as it arrives: its id makes intake idempotent."""
+
+    id: str
+    type: str
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class IntakeResult:
+    trigger_id: str
+    case_id: str | None
+    status: str
+    created: bool
+    closed: int = 0
+
+
+class Workflows:
+    """Compiled specs by key and by the event that triggers them."""
+
+    def __init__(self, specs: Iterable[CompiledSpec] = ()) -> None:
+        self.by_key: dict[str, CompiledSpec] = {}
+        self.by_event: dict[str, CompiledSpec] = {}
+        for spec in specs:
+            self.add(spec)
+
+    def add(self, compiled: CompiledSpec) -> None:
+        self.by_key[compiled.key] = compiled
+        current = self.by_event.get(compiled.spec.trigger.event)
+        if current is None or current.spec.version <= compiled.spec.version:
+            self.by_event[compiled.spec.trigger.event] = compiled
+
+    def closers(self, event_type: str) -> list[CompiledSpec]:
+        return [c for c in self.by_event.values() if event_type in c.spec.trigger.closes_on]
+
+
+class Runtime:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        workflows: Workflows,
+        connector: Connector,
+        clock: Clock,
+        cohort_percent: float = 100.0,
+    ) -> None:
+        self.store = store
+        self.workflows = workflows
+        self.connector = connector
+        self.clock = clock
+        self.cohort_percent = cohort_percent
+
+    def register_workflows(self) -> None:
+        """Record each loaded spec version so cases can always find theirs."""
+        with self.store.transaction() as tx:
+            for compiled in self.workflows.by_key.values():
+                spec = compiled.spec
+                tx.save_workflow(
+                    compiled.key, spec.workflow, spec.version, compiled.source, self.clock.now()
+                )
+
+    def spec_for(self, case: Case, tx: Tx | None = None) -> CompiledSpec:
+        compiled = self.workflows.by_key.get(case.workflow)
+        if compiled is None and tx is not None:
+            source = tx.workflow_source(case.workflow)
+            if source is not None:
+                compiled = load_spec(source, filename=case.workflow)
+                self.workflows.by_key[compiled.key] = compiled
+        if compiled is None:
+            raise NotFound(f"workflow {case.workflow} of case {case.id} is not loaded")
+        return compiled
+
+    # -- intake --------------------------------------------------------------
+    def validate(self, trigger: TriggerIn) -> CompiledSpec | None:
+        """The spec a trigger opens a case of (None for a closing event); TriggerError if bad."""
+        if not trigger.id or not trigger.id.strip():
+            raise TriggerError(
+                "trigger id is empty", field_errors=[{"loc": ["id"], "msg": "required"}]
+            )
+        compiled = self.workflows.by_event.get(trigger.type)
+        if compiled is not None:
+            parse_trigger_data(compiled.spec, trigger.data)
+            return compiled
+        closers = self.workflows.closers(trigger.type)
+        if not closers:
+            known = ", ".join(
+                sorted(
+                    {
+                        *self.workflows.by_event,
+                        *(
+                            e
+                            for c in self.workflows.by_event.values()
+                            for e in c.spec.trigger.closes_on
+                        ),
+                    }
+                )
+            )
+            raise TriggerError(
+                f"no workflow handles event type {trigger.type!r} (known: {known})",
+                field_errors=[{"loc": ["type"], "msg": "unknown event type"}],
+            )
+        key = closers[0].spec.trigger.key
+        if not str(trigger.data.get(key, "")).strip():
+            raise TriggerError(
+                f"{trigger.type} needs data.{key}",
+                field_errors=[{"loc": ["data", key], "msg": "required"}],
+            )
+        return None
+
+    def intake(self, triggers: Sequence[TriggerIn]) -> list[IntakeResult]:
+        """Open (or find) the case of each trigger; close cases on closing events.
+
+        Raises TriggerError for the first invalid trigger before writing anything.
+        """
+        plans = [(t, self.validate(t)) for t in triggers]
+        results: list[IntakeResult] = []
+        with self.store.transaction() as tx:
+            batch: list[Applied] = []
+            pending: dict[str, str] = {}
+            for trigger, compiled in plans:
+                if compiled is None:
+                    results.append(self._close_elsewhere(tx, trigger))
+                    continue
+                existing = tx.case_by_trigger(trigger.id)
+                if existing is not None or trigger.id in pending:
+                    case_id = existing.id if existing else pending[trigger.id]
+                    status = existing.status.value if existing else "pending"
+                    results.append(
+                        IntakeResult(
+                            trigger_id=trigger.id, case_id=case_id, status=status, created=False
+                        )
+                    )
+                    continue
+                decision = self._open(compiled, trigger)
+                pending[trigger.id] = decision.case.id
+                batch.append(
+                    Applied(decision=decision, dedupe_key=f"trigger:{trigger.id}", new=True)
+                )
+                results.append(
+                    IntakeResult(
+                        trigger_id=trigger.id,
+                        case_id=decision.case.id,
+                        status=decision.case.status.value,
+                        created=True,
+                    )
+                )
+            tx.commit_decisions(batch, self.clock.now())
+        return results
+
+    def _open(self, compiled: CompiledSpec, trigger: TriggerIn) -> Decision:
+        spec, now = compiled.spec, self.clock.now()
+        data = parse_trigger_data(spec, trigger.data)
+        account_id = str(data[spec.trigger.key])
+        account = self.connector.read_account(account_id)
+        facts: dict[str, Any] = dict(account.facts) if account else {}
+        facts.setdefault("flags", [])
+        if account is None:
+            facts["flags"] = [*facts["flags"], "unknown_account"]
+        else:
+            facts["first_name"] = account.first_name
+        case = Case(
+            id=derived_id("case", trigger.id),
+            workflow=compiled.key,
+            trigger_id=trigger.id,
+            account_id=account_id,
+            status=Status.OUTREACH,
+            data=data,
+            account=facts,
+            contacts=tuple(
+                Contact(
+                    channel=c["channel"], address=c["address"], consent=bool(c.get("consent", True))
+                )
+                for c in (account.contacts if account else ())
+            ),
+            time_zone=account.time_zone if account else None,
+            opened_at=now,
+            updated_at=now,
+        )
+        group = spec.workflow
+        enrolled = rollout.in_cohort(group, account_id, self.cohort_percent)
+        event = Opened(
+            enrolled=enrolled,
+            cohort="enrolled" if enrolled else "control",
+            actor="backend",
+            key=f"trigger:{trigger.id}",
+        )
+        return step(case, event, compiled, now)
+
+    def _close_elsewhere(self, tx: Tx, trigger: TriggerIn) -> IntakeResult:
+        closers = {c.spec.workflow for c in self.workflows.closers(trigger.type)}
+        key = self.workflows.closers(trigger.type)[0].spec.trigger.key
+        account_id = str(trigger.data[key])
+        now = self.clock.now()
+        batch = []
+        for case in tx.open_cases_for_account(account_id, lock=True):
+            compiled = self.spec_for(case, tx)
+            if compiled.spec.workflow not in closers:
+                continue
+            event = BackendEvent(type=trigger.type, data=dict(trigger.data), actor="backend")
+            decision = step(case, event, compiled, now)
+            batch.append(Applied(decision=decision, dedupe_key=f"backend:{trigger.id}"))
+        if not tx.record_backend_event(
+            trigger.id, trigger.type, account_id, now, sum(1 for a in batch if a.decision.changed)
+        ):
+            return IntakeResult(
+                trigger_id=trigger.id, case_id=None, status="duplicate", created=False
+            )
+        tx.commit_decisions(batch, now)
+        closed = sum(1 for a in batch if a.decision.case.status.terminal)
+        return IntakeResult(
+            trigger_id=trigger.id,
+            case_id=None,
+            status="closing_event",
+            created=False,
+            closed=closed,
+        )
+
+    # -- single events ---------------------------------------------------------
+    def apply(self, case_id: str, event: Event, *, tx: Tx | None = None) -> Decision:
+        """Apply one event to one case; an event whose key was seen is a no-op."""
+        if tx is None:
+            with self.store.transaction() as own:
+                return self.apply(case_id, event, tx=own)
+        case = tx.load_case(case_id, lock=True)
+        if case is None:
+            raise NotFound(f"no case {case_id}")
+        if event.key and tx.seen(case_id, event.key):
+            return Decision(case=case, rejected="already applied")
+        decision = step(case, event, self.spec_for(case, tx), self.clock.now())
+        tx.commit_decisions([Applied(decision=decision, dedupe_key=event.key)], self.clock.now())
+        return decision
+
+    def case(self, case_id: str) -> Case:
+        tx = self.store.read()
+        try:
+            case = tx.load_case(case_id)
+        finally:
+            tx.close()
+        if case is None:
+            raise NotFound(f"no case {case_id}")
+        return case
+
+    # -- due timers ----------------------------------------------------------
+    def run_due_timers(self, limit: int = 500) -> int:
+        """Fire up to `limit` due timers in one transaction; return how many fired."""
+        now = self.clock.now()
+        with self.store.transaction() as tx:
+            due = tx.claim_due_timers(now, limit)
+            if not due:
+                return 0
+            loaded = tx.load_cases(sorted({case_id for case_id, _ in due}))
+            by_case: dict[str, list[str]] = {}
+            for case_id, name in due:
+                by_case.setdefault(case_id, []).append(name)
+            batch = []
+            for case_id, names in by_case.items():
+                case = loaded.get(case_id)
+                if case is None:
+                    tx.delete_timers([(case_id, n) for n in names])
+                    continue
+                compiled = self.spec_for(case, tx)
+                fired: list[str] = []
+                history: list[Entry] = []
+                intents: list[Intent] = []
+                timers: list[SetTimer] = []
+                cancel = False
+                decision = Decision(case=case)
+                for name in sorted(names, key=lambda n: n != "expire"):
+                    fired.append(name)
+                    decision = step(decision.case, TimerFired(name=name), compiled, now)
+                    history += decision.history
+                    intents += decision.intents
+                    timers = [t for t in timers if t.name != name] + list(decision.timers)
+                    cancel = cancel or decision.cancel_timers
+                    if decision.cancel_timers:
+                        timers = []
+                merged = Decision(
+                    case=decision.case,
+                    history=tuple(history),
+                    intents=tuple(intents),
+                    timers=tuple(timers),
+                    cancel_timers=cancel,
+                )
+                batch.append(Applied(decision=merged, fired_timers=tuple(fired)))
+            tx.commit_decisions(batch, now)
+        return len(due)

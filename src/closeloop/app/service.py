@@ -1,0 +1,144 @@
+"""What a customer can do from a message: the service behind every mini-app.
+
+The web mini-apps and the simulator's customers call these same functions,
+so a simulated week exercises the production path. Each action carries a
+key; an action delivered twice is applied once.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from closeloop import policy
+from closeloop.app import links
+from closeloop.app.runtime import Runtime
+from closeloop.engine import (
+    Decision,
+    Disputed,
+    IdentityChecked,
+    LinkOpened,
+    OptedOut,
+    OutcomeSubmitted,
+)
+from closeloop.errors import NotFound, StateError
+
+_SAME_RESPONSE = "this link is not valid; ask for a new one"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Visit:
+    """A redeemed link: the case the customer may act on."""
+
+    case_id: str
+    channel: str
+
+
+class CustomerService:
+    def __init__(self, runtime: Runtime, *, public_url: str, link_lifetime: timedelta) -> None:
+        self.runtime = runtime
+        self.public_url = public_url
+        self.link_lifetime = link_lifetime
+
+    def issue_link(self, case_id: str, channel: str = "sms") -> str:
+        """A fresh link for the case (what an agent's "send a new link" calls)."""
+        self.runtime.case(case_id)
+        with self.runtime.store.transaction() as tx:
+            return links.issue(
+                tx,
+                case_id=case_id,
+                channel=channel,
+                now=self.runtime.clock.now(),
+                lifetime=self.link_lifetime,
+                public_url=self.public_url,
+            )
+
+    def redeem(self, token: str, *, key: str) -> Visit:
+        """Use a link once. Unknown, expired and used links fail alike."""
+        now = self.runtime.clock.now()
+        with self.runtime.store.transaction() as tx:
+            link = tx.link(links.token_hash(token))
+            if link is None:
+                raise NotFound(_SAME_RESPONSE)
+            visit = Visit(case_id=link["case_id"], channel=link["channel"])
+            if tx.seen(visit.case_id, key):
+                return visit
+            if link["expires_at"] <= now or not tx.use_link(links.token_hash(token), now):
+                raise NotFound(_SAME_RESPONSE)
+            decision = self.runtime.apply(
+                visit.case_id, LinkOpened(channel=visit.channel, actor="customer", key=key), tx=tx
+            )
+            if decision.rejected and decision.rejected != "already applied":
+                raise StateError(f"this case can no longer be handled here: {decision.rejected}")
+            return visit
+
+    def verify_identity(self, case_id: str, answers: Mapping[str, str], *, key: str) -> bool:
+        """Check known facts against the system of record; True when they match."""
+        case = self.runtime.case(case_id)
+        compiled = self.runtime.spec_for(case)
+        account = self.runtime.connector.read_account(case.account_id)
+        expected = account.secrets if account else {}
+        wanted = compiled.spec.identity.known_facts
+        passed = bool(wanted) and all(
+            hmac.compare_digest(_norm(answers.get(fact, "")), _norm(expected.get(fact, "\0")))
+            for fact in wanted
+        )
+        self._checked(
+            self.runtime.apply(
+                case_id,
+                IdentityChecked(
+                    passed=passed,
+                    method="known_facts",
+                    level="known_facts",
+                    actor="customer",
+                    key=key,
+                ),
+            )
+        )
+        return passed
+
+    def options(self, case_id: str) -> list[policy.OfferedOption]:
+        case = self.runtime.case(case_id)
+        return policy.options(self.runtime.spec_for(case), case.data, case.account)
+
+    def submit(
+        self,
+        case_id: str,
+        option: str,
+        values: Mapping[str, Any],
+        *,
+        key: str,
+        one_time_code_verified: bool = False,
+    ) -> Decision:
+        """Submit the customer's choice; StateError says why it was not accepted."""
+        event = OutcomeSubmitted(
+            option=option,
+            values=dict(values),
+            actor="customer",
+            key=key,
+            one_time_code_verified=one_time_code_verified,
+        )
+        return self._checked(self.runtime.apply(case_id, event))
+
+    def dispute(self, case_id: str, reason: str, *, key: str) -> Decision:
+        return self._checked(
+            self.runtime.apply(case_id, Disputed(reason=reason, actor="customer", key=key))
+        )
+
+    def opt_out(self, case_id: str, channel: str, *, key: str) -> Decision:
+        return self._checked(
+            self.runtime.apply(case_id, OptedOut(channel=channel, actor="customer", key=key))
+        )
+
+    @staticmethod
+    def _checked(decision: Decision) -> Decision:
+        if decision.rejected and decision.rejected != "already applied":
+            raise StateError(decision.rejected)
+        return decision
+
+
+def _norm(value: str) -> str:
+    return "".join(ch for ch in value.lower() if ch.isalnum())

@@ -1,0 +1,39 @@
+"""Configuration, read once at the edge (``CLOSELOOP_*`` environment variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLOSELOOP_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("closeloop-data"),
+        description="where the SQLite file, keys and local providers live",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="sqlite:///PATH or postgresql://...; default: DATA_DIR/closeloop.db",
+    )
+    world_url: str | None = Field(
+        default=None,
+        description="database of the local sink provider and simulated system of record",
+    )
+    workflows: list[Path] = Field(default_factory=lambda: [Path("examples/failed_payment.yaml")])
+    public_url: str = "http://127.0.0.1:8000"
+    link_lifetime_hours: int = Field(default=72, ge=1)
+    cohort_percent: float = Field(default=100.0, ge=0, le=100)
+    writeback_max_attempts: int = Field(default=6, ge=1)
+    writeback_base_delay_seconds: float = Field(default=30.0, gt=0)
+    writeback_max_delay_seconds: float = Field(default=3600.0, gt=0)
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'closeloop.db'}"
+
+    def resolved_world_url(self) -> str:
+        return self.world_url or f"sqlite:///{self.data_dir / 'world.db'}"

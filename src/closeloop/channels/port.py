@@ -1,0 +1,30 @@
+"""The channel port."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutgoingMessage:
+    idempotency_key: str
+    case_id: str
+    channel: str
+    address: str
+    subject: str | None
+    body: str
+    link: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SendResult:
+    status: Literal["sent", "failed", "retry"]
+    reason: str = ""
+    provider_id: str = ""
+
+
+class Channel(Protocol):
+    def send(self, message: OutgoingMessage) -> SendResult:
+        """Hand the message to the provider; never raises for provider refusals."""
+        ...

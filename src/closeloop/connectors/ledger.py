@@ -1,0 +1,172 @@
+"""The simulated system of record: accounts and a ledger of effects.
+
+It honours idempotency keys the way payment APIs do: the same key replays
+the stored response with no second effect. Faults are injected from a seeded
+source per (key, time of the call): transient errors before the effect, and
+timeouts after it (the effect happened but the caller never heard), so
+retries and deduplication are exercised on every run, and a call repeated at
+the same simulated instant meets the same fault.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from closeloop.connectors.port import Account, WritebackResult
+from closeloop.ids import rng_for
+
+metadata = sa.MetaData()
+sor_accounts = sa.Table(
+    "sor_accounts",
+    metadata,
+    sa.Column("account_id", sa.String(200), primary_key=True),
+    sa.Column("record", sa.JSON, nullable=False),
+)
+sor_ledger = sa.Table(
+    "sor_ledger",
+    metadata,
+    sa.Column("idempotency_key", sa.String(128), primary_key=True),
+    sa.Column("operation", sa.String(64), nullable=False),
+    sa.Column("account_id", sa.String(200), nullable=False),
+    sa.Column("case_id", sa.String(64), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("reference", sa.String(64), nullable=False),
+    sa.Column("at", sa.String(40), nullable=False),
+)
+sor_attempts = sa.Table(
+    "sor_attempts",
+    metadata,
+    sa.Column("idempotency_key", sa.String(128), primary_key=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+)
+
+
+class LedgerCore:
+    """A system of record in its own database, with seeded fault injection."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        clock: Any,
+        seed: int = 0,
+        error_rate: float = 0.0,
+        timeout_after_commit_rate: float = 0.0,
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.seed = seed
+        self.error_rate = error_rate
+        self.timeout_rate = timeout_after_commit_rate
+        metadata.create_all(engine)
+
+    def add_accounts(self, records: list[dict[str, Any]]) -> None:
+        with self.engine.begin() as c:
+            existing = {r[0] for r in c.execute(sa.select(sor_accounts.c.account_id))}
+            rows = [
+                {"account_id": r["account_id"], "record": r}
+                for r in records
+                if r["account_id"] not in existing
+            ]
+            if rows:
+                c.execute(sor_accounts.insert(), rows)
+
+    def read_account(self, account_id: str) -> Account | None:
+        with self.engine.connect() as c:
+            row = c.execute(
+                sa.select(sor_accounts.c.record).where(sor_accounts.c.account_id == account_id)
+            ).first()
+        if row is None:
+            return None
+        record = row[0]
+        return Account(
+            account_id=account_id,
+            first_name=record.get("first_name", ""),
+            locale=record.get("locale", "en"),
+            time_zone=record.get("time_zone"),
+            facts=record.get("facts", {}),
+            contacts=tuple(record.get("contacts", [])),
+            secrets=record.get("secrets", {}),
+        )
+
+    def execute(
+        self, operation: str, argument: str | None, data: Mapping[str, Any], idempotency_key: str
+    ) -> WritebackResult:
+        with self.engine.begin() as c:
+            attempt = (
+                c.execute(
+                    sa.select(sor_attempts.c.attempts).where(
+                        sor_attempts.c.idempotency_key == idempotency_key
+                    )
+                ).scalar_one_or_none()
+                or 0
+            )
+            if attempt:
+                c.execute(
+                    sor_attempts.update()
+                    .where(sor_attempts.c.idempotency_key == idempotency_key)
+                    .values(attempts=attempt + 1)
+                )
+            else:
+                c.execute(sor_attempts.insert().values(idempotency_key=idempotency_key, attempts=1))
+            rng = rng_for(self.seed, "ledger", idempotency_key, _iso(self.clock()))
+            fails, times_out = rng.random() < self.error_rate, rng.random() < self.timeout_rate
+            stored = c.execute(
+                sa.select(sor_ledger.c.reference).where(
+                    sor_ledger.c.idempotency_key == idempotency_key
+                )
+            ).first()
+            if stored is not None:
+                if times_out:
+                    return WritebackResult(ok=False, retryable=True, error="timeout")
+                return WritebackResult(ok=True, reference=stored[0])
+            if fails:
+                return WritebackResult(ok=False, retryable=True, error="503 service unavailable")
+            account_id = str(data.get("account_id", ""))
+            exists = c.execute(
+                sa.select(sor_accounts.c.record).where(sor_accounts.c.account_id == account_id)
+            ).first()
+            if exists is None:
+                return WritebackResult(ok=False, error=f"422 unknown account {account_id}")
+            if "closed" in exists[0].get("facts", {}).get("flags", []):
+                return WritebackResult(ok=False, error="422 account is closed")
+            reference = f"{operation[:3]}_{idempotency_key[:12]}"
+            c.execute(
+                sor_ledger.insert().values(
+                    idempotency_key=idempotency_key,
+                    operation=operation,
+                    account_id=account_id,
+                    case_id=str(data.get("case_id", "")),
+                    payload=json.loads(json.dumps({"argument": argument, **data}, default=str)),
+                    reference=reference,
+                    at=_iso(self.clock()),
+                )
+            )
+        if times_out:
+            # The effect is committed; the caller only sees a timeout and will retry.
+            return WritebackResult(ok=False, retryable=True, error="timeout after commit")
+        return WritebackResult(ok=True, reference=reference)
+
+    def effects(self) -> int:
+        with self.engine.connect() as c:
+            return int(c.execute(sa.select(sa.func.count()).select_from(sor_ledger)).scalar_one())
+
+    def duplicate_effects(self) -> int:
+        """Effects recorded twice for one (case, operation): must always be zero."""
+        inner = (
+            sa.select(sor_ledger.c.case_id, sor_ledger.c.operation)
+            .group_by(sor_ledger.c.case_id, sor_ledger.c.operation)
+            .having(sa.func.count() > 1)
+            .subquery()
+        )
+        with self.engine.connect() as c:
+            return int(c.execute(sa.select(sa.func.count()).select_from(inner)).scalar_one())
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat()

@@ -1,0 +1,42 @@
+"""The connector port."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, kw_only=True)
+class Account:
+    """What the system of record says about an account."""
+
+    account_id: str
+    first_name: str
+    locale: str = "en"
+    time_zone: str | None = None
+    # Fields every rule may read as `account.*` (see closeloop.spec.rules.ACCOUNT_FIELDS).
+    facts: Mapping[str, Any] = field(default_factory=dict)
+    contacts: tuple[Mapping[str, Any], ...] = ()
+    # Known facts for identity checks; never copied into a case.
+    secrets: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WritebackResult:
+    ok: bool
+    reference: str = ""
+    retryable: bool = False
+    error: str = ""
+
+
+class Connector(Protocol):
+    def read_account(self, account_id: str) -> Account | None:
+        """The account, or None when the system of record does not know it."""
+        ...
+
+    def execute(
+        self, operation: str, argument: str | None, data: Mapping[str, Any], idempotency_key: str
+    ) -> WritebackResult:
+        """Carry out one writeback; the same key never has a second effect."""
+        ...

@@ -1,0 +1,61 @@
+"""The case engine: a pure function from (case, event, spec, now) to a decision."""
+
+from __future__ import annotations
+
+from closeloop.engine.case import LIVE, TERMINAL, Case, Contact, Status
+from closeloop.engine.decision import (
+    Decision,
+    Entry,
+    Intent,
+    OpenException,
+    RequestWriteback,
+    SendMessage,
+    SetTimer,
+)
+from closeloop.engine.events import (
+    BackendEvent,
+    Disputed,
+    Event,
+    IdentityChecked,
+    LinkOpened,
+    MessageFailed,
+    MessageSent,
+    Opened,
+    OptedOut,
+    OutcomeSubmitted,
+    TimerFired,
+    WritebackFailed,
+    WritebackSucceeded,
+)
+from closeloop.engine.step import CADENCE, EXPIRE, step
+
+__all__ = [
+    "CADENCE",
+    "EXPIRE",
+    "LIVE",
+    "TERMINAL",
+    "BackendEvent",
+    "Case",
+    "Contact",
+    "Decision",
+    "Disputed",
+    "Entry",
+    "Event",
+    "IdentityChecked",
+    "Intent",
+    "LinkOpened",
+    "MessageFailed",
+    "MessageSent",
+    "OpenException",
+    "Opened",
+    "OptedOut",
+    "OutcomeSubmitted",
+    "RequestWriteback",
+    "SendMessage",
+    "SetTimer",
+    "Status",
+    "TimerFired",
+    "WritebackFailed",
+    "WritebackSucceeded",
+    "step",
+]

@@ -1,0 +1,89 @@
+"""The case: one customer, one problem, from trigger to a single terminal state."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    OUTREACH = "outreach"  # eligible and enrolled; contacting the customer
+    ENGAGED = "engaged"  # the customer opened a link
+    WRITING_BACK = "writing_back"  # an outcome was chosen; the system of record is being told
+    RESOLVED = "resolved"
+    RESOLVED_ELSEWHERE = "resolved_elsewhere"
+    INELIGIBLE = "ineligible"
+    NOT_ENROLLED = "not_enrolled"
+    OPTED_OUT = "opted_out"
+    EXPIRED = "expired"
+    EXCEPTION = "exception"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset(
+    {
+        Status.RESOLVED,
+        Status.RESOLVED_ELSEWHERE,
+        Status.INELIGIBLE,
+        Status.NOT_ENROLLED,
+        Status.OPTED_OUT,
+        Status.EXPIRED,
+        Status.EXCEPTION,
+    }
+)
+LIVE = frozenset(set(Status) - TERMINAL)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Contact:
+    """A channel address the customer gave, and whether we may use it."""
+
+    channel: str
+    address: str
+    consent: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class Case:
+    """A case's current state. History lives beside it, append-only."""
+
+    id: str
+    workflow: str
+    trigger_id: str
+    account_id: str
+    status: Status
+    data: Mapping[str, Any]
+    account: Mapping[str, Any]
+    contacts: tuple[Contact, ...] = ()
+    time_zone: str | None = None
+    opened_at: datetime
+    updated_at: datetime
+    closed_at: datetime | None = None
+    cohort: str = "enrolled"
+    next_step: int = 0
+    link_opened: bool = False
+    verified: bool = False
+    identity_level: str = "none"
+    identity_failures: int = 0
+    outcome: str | None = None
+    submission: Mapping[str, Any] = field(default_factory=dict)
+    pending_writebacks: tuple[str, ...] = ()
+    touches: int = 0
+    agent_touched: bool = False
+    reason: str | None = None
+    seq: int = 0
+
+    def evolve(self, **changes: Any) -> Case:
+        return replace(self, **changes)
+
+    def contact_for(self, channel: str) -> Contact | None:
+        for contact in self.contacts:
+            if contact.channel == channel and contact.consent:
+                return contact
+        return None

@@ -1,0 +1,94 @@
+"""What can happen to a case: the inputs of the engine.
+
+Each carries an optional `key` so that an input delivered twice (a retried
+webhook, a replayed batch, a resumed simulation) is applied once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    key: str | None = None
+    actor: str = "system"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Opened(Event):
+    """The trigger was accepted; decide eligibility and enrolment."""
+
+    enrolled: bool = True
+    cohort: str = "enrolled"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimerFired(Event):
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class MessageSent(Event):
+    message_id: str
+    channel: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class MessageFailed(Event):
+    message_id: str
+    channel: str
+    step: int
+    reason: str
+    permanent: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinkOpened(Event):
+    channel: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class IdentityChecked(Event):
+    passed: bool
+    method: str
+    level: str = "known_facts"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutcomeSubmitted(Event):
+    option: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+    one_time_code_verified: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class WritebackSucceeded(Event):
+    operation_key: str
+    reference: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WritebackFailed(Event):
+    operation_key: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendEvent(Event):
+    """An event from the system of record, such as ``payment.posted``."""
+
+    type: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptedOut(Event):
+    channel: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Disputed(Event):
+    reason: str

@@ -1,0 +1,449 @@
+"""The engine: one pure, deterministic function.
+
+    step(case, event, spec, now) -> Decision
+
+No I/O, no wall clock, no randomness: the same inputs always give the same
+decision, which is what lets the simulator replay weeks in seconds and lets a
+resumed run match an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from closeloop import policy
+from closeloop.contact import next_contact_time
+from closeloop.engine.case import Case, Status
+from closeloop.engine.decision import (
+    Decision,
+    Entry,
+    Intent,
+    OpenException,
+    RequestWriteback,
+    SendMessage,
+    SetTimer,
+)
+from closeloop.engine.events import (
+    BackendEvent,
+    Disputed,
+    Event,
+    IdentityChecked,
+    LinkOpened,
+    MessageFailed,
+    MessageSent,
+    Opened,
+    OptedOut,
+    OutcomeSubmitted,
+    TimerFired,
+    WritebackFailed,
+    WritebackSucceeded,
+)
+from closeloop.ids import idempotency_key
+from closeloop.spec.loader import CompiledSpec
+
+CADENCE = "cadence"
+EXPIRE = "expire"
+_ACTIVE = frozenset({Status.OUTREACH, Status.ENGAGED})
+
+
+class _Draft:
+    """Accumulates one decision: state changes, history, intents, timers."""
+
+    def __init__(self, case: Case, now: datetime) -> None:
+        self.case = case
+        self.now = now
+        self.history: list[Entry] = []
+        self.intents: list[Intent] = []
+        self.timers: list[SetTimer] = []
+        self.cancel = False
+
+    def record(self, kind: str, actor: str, reason: str = "", **data: Any) -> None:
+        self.history.append(Entry(kind=kind, actor=actor, at=self.now, reason=reason, data=data))
+
+    def change(self, **changes: Any) -> None:
+        self.case = self.case.evolve(**changes)
+
+    def close(self, status: Status, actor: str, reason: str, **data: Any) -> None:
+        self.change(status=status, closed_at=self.now, reason=reason)
+        self.cancel = True
+        self.timers.clear()
+        self.record(status.value, actor, reason, **data)
+
+    def decision(self) -> Decision:
+        seq = self.case.seq + len(self.history)
+        case = self.case.evolve(seq=seq, updated_at=self.now) if self.history else self.case
+        return Decision(
+            case=case,
+            history=tuple(self.history),
+            intents=tuple(self.intents),
+            timers=tuple(self.timers),
+            cancel_timers=self.cancel,
+        )
+
+
+def _reject(case: Case, why: str) -> Decision:
+    return Decision(case=case, rejected=why)
+
+
+def step(case: Case, event: Event, compiled: CompiledSpec, now: datetime) -> Decision:
+    """Apply one event to one case; return the new state and what to do about it."""
+    handler = _HANDLERS.get(type(event))
+    if handler is None:
+        raise TypeError(f"the engine does not handle {type(event).__name__}")
+    if case.status.terminal and not isinstance(event, Opened):
+        return _reject(case, f"case is closed ({case.status.value})")
+    draft = _Draft(case, now)
+    why = handler(draft, event, compiled)
+    if why:
+        return _reject(case, why)
+    return draft.decision()
+
+
+def _opened(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
+    assert isinstance(event, Opened)
+    if d.case.seq:
+        return "case is already open"
+    spec = compiled.spec
+    d.record(
+        "opened",
+        event.actor,
+        f"trigger {d.case.trigger_id} ({spec.trigger.event})",
+        workflow=spec.key,
+    )
+    verdict = policy.eligibility(compiled, d.case.data, d.case.account)
+    if not verdict.eligible:
+        d.close(Status.INELIGIBLE, "policy", verdict.reason or "", rule=verdict.rule)
+        return None
+    if not event.enrolled:
+        d.change(cohort=event.cohort)
+        d.close(
+            Status.NOT_ENROLLED,
+            "rollout",
+            "outside the rollout cohort: business as usual",
+            cohort=event.cohort,
+        )
+        return None
+    d.change(status=Status.OUTREACH, cohort=event.cohort)
+    d.timers.append(SetTimer(name=EXPIRE, due_at=d.case.opened_at + spec.outreach.expires_after))
+    _cadence(d, compiled)
+    return None
+
+
+def _cadence(d: _Draft, compiled: CompiledSpec) -> None:
+    """Send the next outreach step if it is due and allowed, else set its timer."""
+    steps = compiled.spec.outreach.steps
+    offsets = compiled.spec.step_offsets()
+    while d.case.next_step < len(steps):
+        index = d.case.next_step
+        step_ = steps[index]
+        due = d.case.opened_at + offsets[index]
+        if due > d.now:
+            d.timers.append(SetTimer(name=CADENCE, due_at=due))
+            return
+        skip = _skip_reason(d.case, step_.condition)
+        contact = d.case.contact_for(step_.channel)
+        channel, template = step_.channel, step_.template
+        if skip is None and contact is None and step_.fallback is not None:
+            contact = d.case.contact_for(step_.fallback.channel)
+            channel, template = step_.fallback.channel, step_.fallback.template
+        if skip is None and contact is None:
+            skip = f"no address with consent for {step_.channel}"
+        if skip is not None:
+            d.change(next_step=index + 1)
+            d.record("step_skipped", "policy", skip, step=step_.name)
+            continue
+        assert contact is not None
+        allowed = next_contact_time(d.now, d.case.time_zone)
+        if allowed > d.now:
+            d.timers.append(SetTimer(name=CADENCE, due_at=allowed))
+            d.record(
+                "step_deferred",
+                "policy",
+                "quiet hours in the customer's time zone",
+                step=step_.name,
+                until=allowed.isoformat(),
+            )
+            return
+        _send(d, index, step_.name, channel, contact.address, template)
+        d.change(next_step=index + 1)
+
+
+def _send(d: _Draft, index: int, name: str, channel: str, address: str, template: str) -> None:
+    key = idempotency_key(d.case.id, "message", str(index), channel)
+    d.intents.append(
+        SendMessage(
+            idempotency_key=key,
+            channel=channel,
+            address=address,
+            template=template,
+            step=index,
+            step_name=name,
+        )
+    )
+    d.change(touches=d.case.touches + 1)
+    d.record(
+        "message_requested",
+        "engine",
+        f"outreach step {name}",
+        channel=channel,
+        template=template,
+        message_key=key,
+    )
+
+
+def _skip_reason(case: Case, condition: str) -> str | None:
+    if condition == "not_opened" and case.link_opened:
+        return "the customer already opened the link"
+    if condition == "not_verified" and case.verified:
+        return "the customer already confirmed their identity"
+    return None
+
+
+def _timer(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
+    assert isinstance(event, TimerFired)
+    if d.case.status not in _ACTIVE:
+        return f"no timers run while {d.case.status.value}"
+    if event.name == EXPIRE:
+        d.close(Status.EXPIRED, "timer", "no resolution before the case's deadline")
+        return None
+    if event.name == CADENCE:
+        before = len(d.history)
+        _cadence(d, compiled)
+        return None if len(d.history) > before or d.timers else "nothing due"
+    return f"unknown timer {event.name}"
+
+
+def _message_sent(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
+    assert isinstance(event, MessageSent)
+    d.record("message_sent", "channel", "", channel=event.channel, message_key=event.message_id)
+    return None
+
+
+def _message_failed(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
+    assert isinstance(event, MessageFailed)
+    d.record(
+        "message_failed",
+        "channel",
+        event.reason,
+        channel=event.channel,
+        message_key=event.message_id,
+        permanent=event.permanent,
+    )
+    steps = compiled.spec.outreach.steps
+    if not (event.permanent and d.case.status in _ACTIVE and 0 <= event.step < len(steps)):
+        return None
+    fallback = steps[event.step].fallback
+    if fallback is not None and event.channel == steps[event.step].channel:
+        contact = d.case.contact_for(fallback.channel)
+        if contact is not None:
+            _send(
+                d,
+                event.step,
+                steps[event.step].name,
+                fallback.channel,
+                contact.address,
+                fallback.template,
+            )
+    return None
+
+
+def _link_opened(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
+    assert isinstance(event, LinkOpened)
+    if d.case.status not in _ACTIVE:
+        return f"the case is {d.case.status.value}"
+    d.change(link_opened=True, status=Status.ENGAGED)
+    d.record("link_opened", event.actor, "", channel=event.channel)
+    return None
+
+
+def _identity(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
+    assert isinstance(event, IdentityChecked)
+    if d.case.status not in _ACTIVE:
+        return f"the case is {d.case.status.value}"
+    if event.passed:
+        d.change(verified=True, identity_level=event.level)
+        d.record("identity_passed", event.actor, "", method=event.method, level=event.level)
+        return None
+    failures = d.case.identity_failures + 1
+    d.change(identity_failures=failures)
+    d.record("identity_failed", event.actor, f"attempt {failures}", method=event.method)
+    if failures >= compiled.spec.identity.max_attempts:
+        _exception(
+            d, compiled, "identity_locked", f"{failures} failed identity attempts", actor="policy"
+        )
+    return None
+
+
+def _exception(d: _Draft, compiled: CompiledSpec, reason: str, detail: str, *, actor: str) -> None:
+    route = compiled.spec.exceptions.get(reason)  # type: ignore[call-overload]
+    queue, sla = (route.queue, route.sla) if route else ("exceptions", timedelta(days=1))
+    d.intents.append(
+        OpenException(
+            idempotency_key=idempotency_key(d.case.id, "exception"),
+            reason=reason,
+            queue=queue,
+            due_at=d.now + sla,
+            detail=detail,
+        )
+    )
+    d.close(Status.EXCEPTION, actor, f"{reason}: {detail}", queue=queue)
+
+
+def _submitted(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
+    assert isinstance(event, OutcomeSubmitted)
+    case, spec = d.case, compiled.spec
+    if case.status not in _ACTIVE:
+        return f"the case is {case.status.value}"
+    if spec.identity.known_facts and not case.verified:
+        return "identity must be confirmed first"
+    offered = {o.kind: o for o in policy.options(compiled, case.data, case.account)}
+    option = offered.get(event.option)
+    if option is None:
+        return f"option {event.option!r} is not offered for this case"
+    values = dict(event.values)
+    if option.minimum is not None or option.maximum is not None:
+        try:
+            amount = Decimal(str(values.get("amount", "")))
+        except InvalidOperation:
+            return "amount must be a number"
+        if (option.minimum is not None and amount < option.minimum) or (
+            option.maximum is not None and amount > option.maximum
+        ):
+            return f"amount must be between {option.minimum} and {option.maximum}"
+        values["amount"] = str(amount)
+    submission = {"option": event.option, **values}
+    if policy.step_up_required(compiled, case.data, case.account, submission) and not (
+        event.one_time_code_verified
+    ):
+        return "a one-time code is required for this action"
+    outcome = spec.outcomes[option.outcome]
+    evidence = _evidence(outcome.evidence, d, values, event)
+    keys = []
+    for index, writeback in enumerate(outcome.writebacks):
+        key = idempotency_key(case.id, option.outcome, str(index), writeback.operation)
+        keys.append(key)
+        payload = {"account_id": case.account_id, "case_id": case.id, **values}
+        d.intents.append(
+            RequestWriteback(
+                idempotency_key=key,
+                operation=writeback.operation,
+                argument=writeback.argument,
+                outcome=option.outcome,
+                payload=payload,
+            )
+        )
+    d.change(
+        status=Status.WRITING_BACK,
+        outcome=option.outcome,
+        submission=submission,
+        pending_writebacks=tuple(keys),
+    )
+    d.cancel = True
+    d.record(
+        "outcome_submitted",
+        event.actor,
+        outcome.description,
+        outcome=option.outcome,
+        option=event.option,
+        evidence=evidence,
+        writebacks=keys,
+    )
+    return None
+
+
+def _evidence(
+    wanted: Sequence[str], d: _Draft, values: dict[str, Any], event: OutcomeSubmitted
+) -> dict[str, Any]:
+    known: dict[str, Callable[[], Any]] = {
+        "identity_level": lambda: d.case.identity_level,
+        "identity_method": lambda: (
+            "one_time_code" if event.one_time_code_verified else d.case.identity_level
+        ),
+        "submitted_at": lambda: d.now.isoformat(),
+        "amount": lambda: values.get("amount"),
+    }
+    return {name: known[name]() if name in known else values.get(name) for name in wanted}
+
+
+def _writeback_ok(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
+    assert isinstance(event, WritebackSucceeded)
+    if event.operation_key not in d.case.pending_writebacks:
+        return "no such pending writeback"
+    pending = tuple(k for k in d.case.pending_writebacks if k != event.operation_key)
+    d.change(pending_writebacks=pending)
+    d.record(
+        "writeback_succeeded",
+        "connector",
+        "",
+        operation_key=event.operation_key,
+        reference=event.reference,
+    )
+    if not pending:
+        d.close(Status.RESOLVED, "engine", f"outcome {d.case.outcome} written back")
+    return None
+
+
+def _writeback_failed(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
+    assert isinstance(event, WritebackFailed)
+    if event.operation_key not in d.case.pending_writebacks:
+        return "no such pending writeback"
+    d.record("writeback_failed", "connector", event.reason, operation_key=event.operation_key)
+    _exception(d, compiled, "writeback_failed", event.reason, actor="connector")
+    return None
+
+
+def _backend(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
+    assert isinstance(event, BackendEvent)
+    if event.type not in compiled.spec.trigger.closes_on:
+        return f"{event.type} does not close {compiled.spec.workflow} cases"
+    if d.case.status not in _ACTIVE:
+        d.record("backend_event", event.actor, f"{event.type} noted while writing back")
+        return None
+    d.close(
+        Status.RESOLVED_ELSEWHERE,
+        event.actor,
+        f"{event.type} from the system of record",
+        event=event.type,
+    )
+    return None
+
+
+def _opted_out(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
+    assert isinstance(event, OptedOut)
+    if d.case.status not in _ACTIVE:
+        d.record(
+            "opt_out",
+            event.actor,
+            "consent withdrawn; the chosen outcome stands",
+            channel=event.channel,
+        )
+        return None
+    d.close(Status.OPTED_OUT, event.actor, f"opted out on {event.channel}", channel=event.channel)
+    return None
+
+
+def _disputed(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
+    assert isinstance(event, Disputed)
+    if d.case.status not in _ACTIVE:
+        return f"the case is {d.case.status.value}"
+    _exception(d, compiled, "disputed", event.reason, actor=event.actor)
+    return None
+
+
+_HANDLERS: dict[type[Event], Callable[[_Draft, Event, CompiledSpec], str | None]] = {
+    Opened: _opened,
+    TimerFired: _timer,
+    MessageSent: _message_sent,
+    MessageFailed: _message_failed,
+    LinkOpened: _link_opened,
+    IdentityChecked: _identity,
+    OutcomeSubmitted: _submitted,
+    WritebackSucceeded: _writeback_ok,
+    WritebackFailed: _writeback_failed,
+    BackendEvent: _backend,
+    OptedOut: _opted_out,
+    Disputed: _disputed,
+}

@@ -1,0 +1,74 @@
+"""The one-page summary of a spec that a compliance reviewer signs off."""
+
+from __future__ import annotations
+
+from closeloop.spec.model import Spec, format_duration
+
+_FACTS = {
+    "date_of_birth": "date of birth",
+    "postal_code": "postal code",
+    "last4_ssn": "last four digits of the SSN",
+    "account_last4": "last four digits of the account number",
+}
+
+
+def explain(spec: Spec) -> str:
+    """Plain-language summary: outcome, eligibility, identity, evidence, contact."""
+    out: list[str] = [f"{spec.title}", f"workflow {spec.workflow}, version {spec.version}", ""]
+    if spec.description:
+        out += [spec.description.strip(), ""]
+    fields = ", ".join(f"{k} ({v})" for k, v in spec.trigger.fields.items())
+    out += [
+        "WHEN A CASE OPENS",
+        f"  On the backend event {spec.trigger.event}, one case per {spec.trigger.key}.",
+        f"  Data received: {fields}.",
+    ]
+    if spec.trigger.closes_on:
+        out.append(f"  Closed as resolved elsewhere on: {', '.join(spec.trigger.closes_on)}.")
+    out += ["", "WHO IS CONTACTED (every rule must hold; otherwise the reason is recorded)"]
+    if not spec.eligibility:
+        out.append("  Everyone: no eligibility rules.")
+    for rule in spec.eligibility:
+        out.append(f"  - {rule.name}: {rule.rule}")
+        out.append(f'      if not: "{rule.reason}"')
+    out += ["", "WHAT THE CUSTOMER MAY DO"]
+    for kind, option in spec.miniapp.options.items():
+        bounds = ""
+        if option.min or option.max:
+            bounds = f" (from {option.min or 'any'} to {option.max or 'any'})"
+        out.append(f"  - {option.label} [{kind}]{bounds} -> outcome {option.outcome}")
+    out += ["", "IDENTITY"]
+    if spec.identity.known_facts:
+        facts = ", ".join(_FACTS[f] for f in spec.identity.known_facts)
+        out.append(f"  Before any action the customer confirms: {facts}.")
+        out.append(
+            f"  After {spec.identity.max_attempts} failed attempts the case is locked and goes "
+            "to a person."
+        )
+    else:
+        out.append("  No identity check: the signed link alone opens the mini-app.")
+    for step_up in spec.identity.step_up:
+        out.append(f"  Also a one-time code when: {step_up.when}")
+    out += ["", "WHAT DONE MEANS, AND WHAT IS WRITTEN BACK"]
+    for name, outcome in spec.outcomes.items():
+        out.append(f"  {name}: {outcome.description}")
+        out.append(f"    written back: {', '.join(str(w) for w in outcome.writebacks)}")
+        evidence = ", ".join(outcome.evidence) if outcome.evidence else "none beyond the history"
+        out.append(f"    evidence kept: {evidence}")
+    out += ["", "CONTACT"]
+    for offset, step in zip(spec.step_offsets(), spec.outreach.steps, strict=True):
+        when = "at once" if not offset else f"after {format_duration(offset)}"
+        cond = {
+            "always": "",
+            "not_opened": ", only if the link was not opened",
+            "not_verified": ", only if identity was not confirmed",
+        }[step.condition]
+        line = f"  {when}: {step.channel} ({step.template}){cond}"
+        if step.fallback:
+            line += f"; if it cannot be delivered, {step.fallback.channel} instead"
+        out.append(line)
+    out.append(f"  The case expires {format_duration(spec.outreach.expires_after)} after it opens.")
+    out += ["", "WHEN IT LEAVES THE HAPPY PATH"]
+    for reason, route in spec.exceptions.items():
+        out.append(f"  {reason}: queue {route.queue}, handled within {format_duration(route.sla)}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,299 @@
+"""Load a resolution spec from YAML and report every problem at its line.
+
+Loading happens in three passes, each of which collects problems rather than
+stopping at the first: YAML syntax (with positions kept for every key and
+item), the Pydantic model (unknown keys, missing keys, bad types), then the
+meaning of the whole (references between sections, CEL rules, reachability).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from closeloop.errors import Problem, SpecError
+from closeloop.spec.model import Spec, format_duration
+from closeloop.spec.rules import (
+    ACCOUNT_FIELDS,
+    SUBMISSION_FIELDS,
+    CompiledRule,
+    RuleProblem,
+    compile_rule,
+)
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompiledSpec:
+    """A validated spec with its CEL rules compiled once."""
+
+    spec: Spec
+    eligibility: tuple[CompiledRule, ...]
+    step_up: tuple[CompiledRule, ...]
+    bounds: Mapping[str, tuple[CompiledRule | None, CompiledRule | None]] = field(
+        default_factory=dict
+    )
+    source: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+
+class _Positions:
+    """Where each path of the YAML document starts (1-based line and column)."""
+
+    def __init__(self, document: Any) -> None:
+        self._at: dict[Path_, tuple[int, int]] = {(): (1, 1)}
+        self._walk(document, ())
+
+    def _walk(self, node: Any, path: Path_) -> None:
+        if isinstance(node, CommentedMap):
+            for key, value in node.items():
+                line, col = node.lc.key(key)
+                self._at[(*path, str(key))] = (line + 1, col + 1)
+                try:
+                    vline, vcol = node.lc.value(key)
+                    self._at[(*path, str(key), "")] = (vline + 1, vcol + 1)
+                except (KeyError, TypeError):
+                    pass
+                self._walk(value, (*path, str(key)))
+        elif isinstance(node, CommentedSeq):
+            for index, value in enumerate(node):
+                line, col = node.lc.item(index)
+                self._at[(*path, index)] = (line + 1, col + 1)
+                self._walk(value, (*path, index))
+
+    def of(self, path: Path_, *, value: bool = False) -> tuple[int, int]:
+        if value and (*path, "") in self._at:
+            return self._at[(*path, "")]
+        for end in range(len(path), -1, -1):
+            if path[:end] in self._at:
+                return self._at[path[:end]]
+        return (1, 1)
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, Mapping):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def _dotted(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def load_spec_file(path: str | Path) -> CompiledSpec:
+    """Read and validate the spec at `path`; raise SpecError with every problem."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        problem = Problem(file=str(file), line=1, column=1, path="", message=exc.strerror or "")
+        raise SpecError([problem]) from exc
+    return load_spec(text, filename=str(file))
+
+
+def load_spec(text: str, *, filename: str = "<spec>") -> CompiledSpec:
+    """Validate spec text; raise SpecError listing every problem found."""
+    yaml = YAML(typ="rt")
+    try:
+        document = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        message = f"YAML syntax: {exc.problem or exc.context}"
+        raise SpecError(
+            [Problem(file=filename, line=line, column=column, path="", message=message)]
+        ) from exc
+    if not isinstance(document, CommentedMap):
+        message = "expected a mapping with workflow, version, trigger, outcomes, ..."
+        raise SpecError([Problem(file=filename, line=1, column=1, path="", message=message)])
+    positions = _Positions(document)
+
+    def problem(path: Path_, message: str, *, value: bool = True, offset: int = 0) -> Problem:
+        line, column = positions.of(path, value=value)
+        return Problem(
+            file=filename, line=line, column=column + offset, path=_dotted(path), message=message
+        )
+
+    try:
+        spec = Spec.model_validate(_plain(document))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc: Path_ = tuple(error["loc"])
+            message = error["msg"]
+            if error["type"] == "extra_forbidden":
+                message = "unknown key"
+            elif error["type"] == "missing":
+                message = "required key is missing"
+            elif error["type"] == "string_pattern_mismatch":
+                pattern = str((error.get("ctx") or {}).get("pattern", ""))
+                message = (
+                    "expected an event name such as payment.failed"
+                    if "\\." in pattern
+                    else "expected a lower-case name (a-z, 0-9, _), starting with a letter"
+                )
+            elif error["type"] == "literal_error":
+                message = message.replace("Input should be", "expected one of")
+            problems.append(problem(loc, message, value=error["type"] != "extra_forbidden"))
+        raise SpecError(sorted(problems, key=lambda p: (p.line, p.column))) from exc
+    return _check_meaning(spec, text, problem)
+
+
+def _check_meaning(spec: Spec, text: str, problem: Any) -> CompiledSpec:
+    problems: list[Problem] = []
+    case_fields = dict(spec.trigger.fields)
+    variables = {"case": case_fields, "account": ACCOUNT_FIELDS}
+
+    if spec.trigger.key not in case_fields:
+        problems.append(problem(("trigger", "key"), "must name one of trigger.fields"))
+
+    def compiled(path: Path_, name: str, source: str, reason: str = "", **kw: Any) -> Any:
+        try:
+            return compile_rule(name, source, reason=reason, **kw)
+        except RuleProblem as exc:
+            line, column = problem(path, "").line, problem(path, "").column
+            col = column + exc.column - 1 if exc.line == 1 else exc.column
+            problems.append(
+                Problem(
+                    file=problem(path, "").file,
+                    line=line + exc.line - 1,
+                    column=col,
+                    path=_dotted(path),
+                    message=exc.message,
+                )
+            )
+            return None
+
+    eligibility = [
+        compiled(("eligibility", i, "rule"), r.name, r.rule, r.reason, variables=variables)
+        for i, r in enumerate(spec.eligibility)
+    ]
+    step_up = [
+        compiled(
+            ("identity", "step_up", i, "when"),
+            f"step_up_{i}",
+            s.when,
+            variables={**variables, "submission": SUBMISSION_FIELDS},
+        )
+        for i, s in enumerate(spec.identity.step_up)
+    ]
+    bounds: dict[str, tuple[CompiledRule | None, CompiledRule | None]] = {}
+    for kind, option in spec.miniapp.options.items():
+        if option.outcome not in spec.outcomes:
+            problems.append(
+                problem(
+                    ("miniapp", "options", kind, "outcome"),
+                    f"outcome {option.outcome!r} is not defined "
+                    f"(defined: {', '.join(sorted(spec.outcomes))})",
+                )
+            )
+        low = high = None
+        if option.min is not None:
+            path = ("miniapp", "options", kind, "min")
+            low = compiled(path, f"{kind}.min", option.min, variables=variables, expect="number")
+        if option.max is not None:
+            path = ("miniapp", "options", kind, "max")
+            high = compiled(path, f"{kind}.max", option.max, variables=variables, expect="number")
+        bounds[kind] = (low, high)
+    offered = {option.outcome for option in spec.miniapp.options.values()}
+    for name in spec.outcomes:
+        if name not in offered:
+            problems.append(
+                problem(("outcomes", name), "no mini-app option leads to this outcome", value=False)
+            )
+
+    for i, step in enumerate(spec.outreach.steps):
+        _check_template(
+            spec,
+            ("outreach", "steps", i, "template"),
+            step.template,
+            step.channel,
+            problems,
+            problem,
+        )
+        if step.fallback is not None:
+            _check_template(
+                spec,
+                ("outreach", "steps", i, "fallback", "template"),
+                step.fallback.template,
+                step.fallback.channel,
+                problems,
+                problem,
+            )
+            if step.fallback.channel == step.channel:
+                problems.append(
+                    problem(
+                        ("outreach", "steps", i, "fallback", "channel"),
+                        "a fallback must use another channel",
+                    )
+                )
+    names = [step.name for step in spec.outreach.steps]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            problems.append(problem(("outreach", "steps", i, "name"), "step name used twice"))
+    for i, offset in enumerate(spec.step_offsets()):
+        if offset >= spec.outreach.expires_after:
+            problems.append(
+                problem(
+                    ("outreach", "steps", i),
+                    f"unreachable: this step would start {format_duration(offset)} after the "
+                    f"case opens, but cases expire after "
+                    f"{format_duration(spec.outreach.expires_after)}",
+                    value=False,
+                )
+            )
+    if spec.outreach.steps[0].condition != "always":
+        problems.append(
+            problem(
+                ("outreach", "steps", 0, "if"),
+                "the first step cannot have a condition: nothing was sent before it",
+            )
+        )
+
+    needed = {"writeback_failed": "outcomes have writebacks", "disputed": "customers may dispute"}
+    if spec.identity.known_facts:
+        needed["identity_locked"] = "identity checks can lock"
+    for reason, why in needed.items():
+        if reason not in spec.exceptions:
+            problems.append(problem(("exceptions",), f"needs a route for {reason} ({why})"))
+
+    if problems:
+        raise SpecError(sorted(problems, key=lambda p: (p.line, p.column)))
+    return CompiledSpec(
+        spec=spec,
+        eligibility=tuple(eligibility),
+        step_up=tuple(step_up),
+        bounds=bounds,
+        source=text,
+    )
+
+
+def _check_template(
+    spec: Spec, path: Path_, name: str, channel: str, problems: list[Problem], problem: Any
+) -> None:
+    template = spec.templates.get(name)
+    if template is None:
+        defined = ", ".join(sorted(spec.templates)) or "none"
+        problems.append(problem(path, f"template {name!r} is not defined (defined: {defined})"))
+    elif template.channel != channel:
+        problems.append(
+            problem(path, f"template {name!r} is for {template.channel}, not {channel}")
+        )
+    elif channel == "email" and not template.subject:
+        problems.append(problem(path, f"email template {name!r} needs a subject"))

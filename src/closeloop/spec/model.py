@@ -1,0 +1,215 @@
+"""The resolution spec: one versioned YAML file per workflow.
+
+A spec says what starts a case (trigger), who may be handled (eligibility),
+how sure we must be of who the customer is (identity), what "done" means and
+what must be written back for it (outcomes, evidence), what the customer may
+choose (mini-app options), how and when we reach them (outreach), and where
+cases that leave the happy path go (exceptions).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+FieldType = Literal["string", "decimal", "integer", "boolean", "date", "timestamp", "list"]
+Channel = Literal["email", "sms", "whatsapp", "webhook"]
+Operation = Literal[
+    "read_account",
+    "post_payment",
+    "set_arrangement",
+    "store_payment_method",
+    "retry_charge",
+    "update_contact",
+    "clear_flag",
+    "set_flag",
+    "add_note",
+    "attach_document",
+]
+OptionKind = Literal[
+    "pay_now", "update_card", "arrangement", "confirm_details", "upload_document", "attestation"
+]
+KnownFact = Literal["date_of_birth", "postal_code", "last4_ssn", "account_last4"]
+Evidence = Literal[
+    "identity_level",
+    "identity_method",
+    "consent_text_version",
+    "token_ref",
+    "payment_ref",
+    "amount",
+    "submitted_at",
+    "link_channel",
+    "attestation_text_version",
+    "document_ref",
+]
+ExceptionReason = Literal[
+    "identity_locked", "writeback_failed", "disputed", "delivery_failed", "policy_error"
+]
+StepCondition = Literal["always", "not_opened", "not_verified"]
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(m|h|d|w)\s*$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+EVENT_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Parse ``30m``, ``24h``, ``3d`` or ``1w`` into a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    match = _DURATION.match(str(value)) if isinstance(value, str | int) else None
+    if match is None:
+        raise ValueError("expected a duration such as 30m, 24h, 3d or 1w")
+    amount = int(match.group(1))
+    if amount <= 0:
+        raise ValueError("a duration must be longer than zero")
+    return timedelta(**{_UNITS[match.group(2)]: amount})
+
+
+def format_duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+class SpecModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Trigger(SpecModel):
+    event: Annotated[str, Field(pattern=EVENT_PATTERN)]
+    key: Name = Field(description="the field that names the customer's account")
+    fields: dict[Name, FieldType]
+    closes_on: list[Annotated[str, Field(pattern=EVENT_PATTERN)]] = Field(default_factory=list)
+
+
+class Rule(SpecModel):
+    name: Name
+    rule: str = Field(min_length=1)
+    reason: str = Field(min_length=1)
+
+
+class StepUp(SpecModel):
+    when: str = Field(min_length=1)
+    require: Literal["one_time_code"]
+
+
+class Identity(SpecModel):
+    known_facts: list[KnownFact] = Field(default_factory=list)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    step_up: list[StepUp] = Field(default_factory=list)
+
+
+class Writeback(SpecModel):
+    operation: Operation
+    argument: str | None = None
+
+    @classmethod
+    def coerce(cls, value: Any) -> Any:
+        # `post_payment` or `{clear_flag: past_due}`: the form a reviewer reads.
+        if isinstance(value, str):
+            return {"operation": value}
+        if isinstance(value, dict) and len(value) == 1 and "operation" not in value:
+            ((operation, argument),) = value.items()
+            return {"operation": operation, "argument": argument}
+        return value
+
+    def __str__(self) -> str:
+        return f"{self.operation}({self.argument})" if self.argument else self.operation
+
+
+WritebackItem = Annotated[Writeback, BeforeValidator(Writeback.coerce)]
+
+
+class Outcome(SpecModel):
+    description: str = Field(min_length=1)
+    writebacks: list[WritebackItem] = Field(min_length=1)
+    evidence: list[Evidence] = Field(default_factory=list)
+
+
+class Option(SpecModel):
+    outcome: Name
+    label: str = Field(min_length=1)
+    min: str | None = None
+    max: str | None = None
+
+
+class MiniApp(SpecModel):
+    options: dict[OptionKind, Option] = Field(min_length=1)
+
+
+class Fallback(SpecModel):
+    channel: Channel
+    template: Name
+
+
+class Step(SpecModel):
+    name: Name
+    channel: Channel
+    template: Name
+    wait: Duration
+    condition: StepCondition = Field(default="always", alias="if")
+    fallback: Fallback | None = None
+
+
+class Outreach(SpecModel):
+    steps: list[Step] = Field(min_length=1)
+    expires_after: Duration
+
+
+class Template(SpecModel):
+    channel: Channel
+    subject: str | None = None
+    body: str = Field(min_length=1)
+
+
+class ExceptionRoute(SpecModel):
+    queue: Name
+    sla: Duration
+
+
+class Spec(SpecModel):
+    workflow: Name
+    version: int = Field(ge=1)
+    title: str = Field(min_length=1)
+    description: str = ""
+    trigger: Trigger
+    eligibility: list[Rule] = Field(default_factory=list)
+    identity: Identity = Field(default_factory=Identity)
+    outcomes: dict[Name, Outcome] = Field(min_length=1)
+    miniapp: MiniApp
+    outreach: Outreach
+    templates: dict[Name, Template] = Field(default_factory=dict)
+    exceptions: dict[ExceptionReason, ExceptionRoute] = Field(default_factory=dict)
+
+    @field_validator("eligibility")
+    @classmethod
+    def _unique_rule_names(cls, rules: list[Rule]) -> list[Rule]:
+        seen: set[str] = set()
+        for rule in rules:
+            if rule.name in seen:
+                raise ValueError(f"rule name {rule.name!r} is used twice")
+            seen.add(rule.name)
+        return rules
+
+    @property
+    def key(self) -> str:
+        """The spec's identity in storage: ``workflow@version``."""
+        return f"{self.workflow}@{self.version}"
+
+    def step_offsets(self) -> list[timedelta]:
+        """When each outreach step is due, measured from the case's opening."""
+        offsets, at = [], timedelta(0)
+        for step in self.outreach.steps:
+            offsets.append(at)
+            at += step.wait
+        return offsets

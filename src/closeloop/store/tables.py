@@ -1,0 +1,155 @@
+"""Tables, mapped from outside the domain (SQLAlchemy Core).
+
+Indexes are shaped for the engine's hot queries: due timers by due time,
+pending outbox rows by kind and next attempt, open cases by account.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC in Python; timestamptz on PostgreSQL, naive UTC text on SQLite."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("closeloop stores only timezone-aware times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+metadata = sa.MetaData()
+
+workflows = sa.Table(
+    "workflows",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("workflow", sa.String(100), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("loaded_at", UTCDateTime, nullable=False),
+)
+
+cases = sa.Table(
+    "cases",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("workflow", sa.String(200), nullable=False),
+    sa.Column("trigger_id", sa.String(200), nullable=False, unique=True),
+    sa.Column("account_id", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("cohort", sa.String(64), nullable=False),
+    sa.Column("opened_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("closed_at", UTCDateTime),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("state", JSONType, nullable=False),
+    sa.Index("ix_cases_account", "account_id", "status"),
+    sa.Index("ix_cases_status", "status"),
+)
+
+case_events = sa.Table(
+    "case_events",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("case_id", sa.String(64), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("data", JSONType, nullable=False),
+    sa.Column("dedupe_key", sa.String(200)),
+    sa.UniqueConstraint("case_id", "seq", name="uq_case_events_seq"),
+    sa.UniqueConstraint("case_id", "dedupe_key", name="uq_case_events_dedupe"),
+)
+
+timers = sa.Table(
+    "timers",
+    metadata,
+    sa.Column("case_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("due_at", UTCDateTime, nullable=False),
+    sa.Index("ix_timers_due", "due_at"),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("case_id", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("idempotency_key", sa.String(128), nullable=False, unique=True),
+    sa.Column("payload", JSONType, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("leased_until", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("result", JSONType),
+    sa.Index("ix_outbox_due", "kind", "status", "next_attempt_at"),
+)
+
+exceptions = sa.Table(
+    "exceptions",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("case_id", sa.String(64), nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("queue", sa.String(100), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("opened_at", UTCDateTime, nullable=False),
+    sa.Column("due_at", UTCDateTime, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Index("ix_exceptions_queue", "queue", "status", "due_at"),
+)
+
+links = sa.Table(
+    "links",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("case_id", sa.String(64), nullable=False),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("used_at", UTCDateTime),
+    sa.Index("ix_links_case", "case_id"),
+)
+
+backend_events = sa.Table(
+    "backend_events",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("type", sa.String(100), nullable=False),
+    sa.Column("account_id", sa.String(200), nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("cases_closed", sa.Integer, nullable=False),
+)
