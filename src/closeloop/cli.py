@@ -1,0 +1,384 @@
+"""The `closeloop` command line (Typer + Rich).
+
+Each command builds what it needs from Settings, prints for people, and
+prints JSON with --json. Errors print without a traceback: exit 2 for bad
+input, 1 for a failure.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from closeloop.app import Settings, TriggerIn, build
+from closeloop.clock import SimClock
+from closeloop.errors import CloseloopError, InputError, SpecError, TriggerError
+from closeloop.spec import explain, load_spec_file
+
+cli = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="closeloop: resolution-first customer outreach.",
+)
+spec_cli = typer.Typer(no_args_is_help=True, help="Validate and explain resolution specs.")
+db_cli = typer.Typer(no_args_is_help=True, help="Database schema.")
+case_cli = typer.Typer(no_args_is_help=True, help="Look at cases.")
+cli.add_typer(spec_cli, name="spec")
+cli.add_typer(db_cli, name="db")
+cli.add_typer(case_cli, name="case")
+out = Console()
+err = Console(stderr=True)
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+# -- spec -------------------------------------------------------------------
+@spec_cli.command("validate")
+def spec_validate(file: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Check a spec; print every problem with file:line:column (exit 2 if any)."""
+    try:
+        compiled = load_spec_file(file)
+    except SpecError as exc:
+        if as_json:
+            print(json.dumps({"valid": False, "problems": [p.__dict__ for p in exc.problems]}))
+        else:
+            for problem in exc.problems:
+                err.print(str(problem), markup=False, highlight=False)
+            err.print(f"{len(exc.problems)} problem(s) in {file}", style="bold red")
+        raise typer.Exit(2) from None
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "valid": True,
+                    "workflow": compiled.spec.workflow,
+                    "version": compiled.spec.version,
+                }
+            )
+        )
+    else:
+        out.print(f"{file}: valid ({compiled.key})", style="green")
+
+
+@spec_cli.command("explain")
+def spec_explain(file: Path) -> None:
+    """Print the one-page summary a reviewer signs off."""
+    out.print(explain(load_spec_file(file).spec), markup=False, highlight=False)
+
+
+# -- database ---------------------------------------------------------------
+@db_cli.command("upgrade")
+def db_upgrade() -> None:
+    """Apply migrations to CLOSELOOP_DATABASE_URL (default: the SQLite file)."""
+    from closeloop.store import Store
+
+    settings = _settings()
+    store = Store.connect(settings.resolved_database_url())
+    store.upgrade()
+    store.dispose()
+    out.print(f"database is up to date: {settings.resolved_database_url()}")
+
+
+# -- intake -----------------------------------------------------------------
+def _rows(file: Path, fmt: str, event_type: str | None) -> Iterator[tuple[int, Any]]:
+    """(line number, TriggerIn or error message) for each row of a batch file."""
+    with file.open(newline="", encoding="utf-8") as handle:
+        if fmt == "csv":
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or "id" not in reader.fieldnames:
+                raise InputError(f"{file}:1: the header needs an id column")
+            if "type" not in reader.fieldnames and not event_type:
+                raise InputError(f"{file}:1: the header needs a type column, or pass --type")
+            for row in reader:
+                line = reader.line_num
+                fields = {k: v for k, v in row.items() if k not in {"id", "type"} and k}
+                if None in row:
+                    yield line, "more values than header columns"
+                    continue
+                yield (
+                    line,
+                    TriggerIn(
+                        id=row["id"] or "", type=row.get("type") or event_type or "", data=fields
+                    ),
+                )
+            return
+        for line, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield line, f"not JSON: {exc.msg} at column {exc.colno}"
+                continue
+            if not isinstance(obj, dict):
+                yield line, "expected a JSON object"
+                continue
+            data: Any = obj.get("data")
+            if data is None:
+                data = {k: v for k, v in obj.items() if k not in {"id", "type"}}
+            if not isinstance(data, dict):
+                yield line, "data must be an object"
+                continue
+            yield (
+                line,
+                TriggerIn(
+                    id=str(obj.get("id") or ""),
+                    type=str(obj.get("type") or event_type or ""),
+                    data=data,
+                ),
+            )
+
+
+@cli.command()
+def ingest(
+    file: Path,
+    fmt: Annotated[str | None, typer.Option("--format", help="csv or jsonl")] = None,
+    event_type: Annotated[
+        str | None, typer.Option("--type", help="event type of every row")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Take a CSV or JSON Lines batch of backend events; bad rows are reported, good rows kept."""
+    if not file.exists():
+        raise InputError(f"{file}: no such file")
+    fmt = fmt or ("csv" if file.suffix.lower() == ".csv" else "jsonl")
+    if fmt not in {"csv", "jsonl"}:
+        raise InputError(f"--format must be csv or jsonl, not {fmt!r}")
+    app = build(_settings())
+    try:
+        bad: list[str] = []
+        good: list[TriggerIn] = []
+        counts = {"created": 0, "duplicate": 0, "closing_events": 0, "cases_closed": 0}
+
+        def flush() -> None:
+            for result in app.runtime.intake(good):
+                if result.created:
+                    counts["created"] += 1
+                elif result.case_id is None:
+                    counts["closing_events"] += 1
+                    counts["cases_closed"] += result.closed
+                else:
+                    counts["duplicate"] += 1
+            good.clear()
+
+        for line, item in _rows(file, fmt, event_type):
+            if isinstance(item, str):
+                bad.append(f"{file}:{line}: {item}")
+                continue
+            assert isinstance(item, TriggerIn)
+            try:
+                app.runtime.validate(item)
+            except TriggerError as exc:
+                bad.append(f"{file}:{line}: {exc}")
+                continue
+            good.append(item)
+            if len(good) >= 500:
+                flush()
+        flush()
+        app.work()
+    finally:
+        app.close()
+    if as_json:
+        print(json.dumps({**counts, "rejected": len(bad), "errors": bad}))
+    else:
+        for message in bad:
+            err.print(message, markup=False, highlight=False)
+        out.print(
+            f"created {counts['created']} case(s), {counts['duplicate']} already known, "
+            f"{counts['closing_events']} closing event(s) closed {counts['cases_closed']} "
+            f"case(s), {len(bad)} row(s) rejected"
+        )
+    if bad:
+        raise typer.Exit(2)
+
+
+# -- running ----------------------------------------------------------------
+@cli.command()
+def work(
+    once: Annotated[bool, typer.Option("--once", help="run what is due now, then stop")] = False,
+    interval: Annotated[float, typer.Option(help="seconds between polls")] = 1.0,
+) -> None:
+    """Run due timers, messages and writebacks (a worker)."""
+    app = build(_settings())
+    try:
+        while True:
+            done = app.work()
+            if once:
+                out.print(f"{done} item(s) processed")
+                return
+            if not done:
+                time.sleep(interval)
+    finally:
+        app.close()
+
+
+@cli.command()
+def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the public API (uvicorn)."""
+    import uvicorn
+
+    from closeloop.web import create_api
+
+    app = build(_settings(public_url=f"http://{host}:{port}"))
+    uvicorn.run(create_api(app), host=host, port=port, log_level="info")
+
+
+@cli.command()
+def link(case_id: str, channel: Annotated[str, typer.Option()] = "sms") -> None:
+    """Issue a fresh mini-app link for a case and print it."""
+    app = build(_settings())
+    try:
+        print(app.service.issue_link(case_id, channel))
+    finally:
+        app.close()
+
+
+@case_cli.command("show")
+def case_show(case_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Print a case and its whole history."""
+    app = build(_settings())
+    try:
+        case = app.runtime.case(case_id)
+        tx = app.store.read()
+        history = tx.history(case_id)
+        tx.close()
+    finally:
+        app.close()
+    if as_json:
+        print(
+            json.dumps(
+                {"id": case.id, "status": case.status.value, "history": history}, default=str
+            )
+        )
+        return
+    out.print(f"[bold]{case.id}[/] {case.workflow} account {case.account_id}: {case.status}")
+    table = Table("seq", "when", "what", "who", "why")
+    for h in history:
+        table.add_row(str(h["seq"]), h["at"].isoformat(), h["kind"], h["actor"], h["reason"])
+    out.print(table)
+
+
+# -- demo ---------------------------------------------------------------------
+@cli.command()
+def demo(
+    accounts: Annotated[int, typer.Option(min=1, max=1_000_000)] = 2000,
+    days: Annotated[int, typer.Option(min=1, max=365)] = 30,
+    seed: Annotated[int, typer.Option()] = 7,
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for databases and report")] = Path(
+        "closeloop-demo"
+    ),
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="continue a killed run")] = False,
+    cohort: Annotated[float, typer.Option(min=0, max=100, help="rollout cohort, %")] = 100.0,
+) -> None:
+    """Simulate a portfolio through the example workflow and report outcome metrics."""
+    from closeloop.sim import Params, Simulation, summarize, to_json
+    from closeloop.sim.runner import START
+
+    example = Path(__file__).parent / "examples" / "failed_payment.yaml"
+    if not resume:
+        for name in (
+            "closeloop.db",
+            "closeloop.db-wal",
+            "closeloop.db-shm",
+            "world.db",
+            "world.db-wal",
+            "world.db-shm",
+            "report.json",
+        ):
+            (out_dir / name).unlink(missing_ok=True)
+    settings = _settings(data_dir=out_dir, workflows=[example], cohort_percent=cohort)
+    if not resume and settings.database_url:
+        _reset_database(settings.database_url)
+    clock = SimClock(START)
+    app = build(settings, clock=clock, seed=seed, error_rate=0.03, timeout_rate=0.01)
+    params = Params(accounts=accounts, days=days, seed=seed)
+    database = settings.resolved_database_url()
+    try:
+        sim = Simulation(app, clock, params)
+        sim.prepare(resume=resume)
+        with Progress(
+            TextColumn("simulated day {task.completed:.1f}/{task.total:.0f}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            disable=as_json or not err.is_terminal,
+        ) as bar:
+            task = bar.add_task("demo", total=days)
+            sim.run(lambda done, total: bar.update(task, completed=done))
+        summary = summarize(app, params, database)
+    finally:
+        app.close()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(to_json(summary) + "\n")
+    if as_json:
+        print(json.dumps(summary))
+        return
+    _print_summary(summary, out_dir)
+
+
+def _reset_database(url: str) -> None:
+    """A fresh demo on PostgreSQL: drop closeloop's tables first."""
+    from closeloop.store import Store
+    from closeloop.store.tables import metadata
+
+    store = Store.connect(url)
+    with store.engine.begin() as c:
+        metadata.drop_all(c)
+        c.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+    store.dispose()
+
+
+def _print_summary(s: dict[str, Any], out_dir: Path) -> None:
+    table = Table(
+        title=f"closeloop demo: {s['accounts']} accounts, {s['days']} days, seed {s['seed']}"
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("cases opened", str(s["cases"])),
+        ("completion rate (resolved in the message)", f"{s['completion_rate']:.1%}"),
+        ("median time to resolution", f"{s['median_time_to_resolution_hours']} h"),
+        ("writeback success", f"{s['writeback_success_rate']:.2%}"),
+        ("deflection (no agent touch)", f"{s['deflection_rate']:.1%}"),
+        ("exception rate", f"{s['exception_rate']:.1%}"),
+        ("touches per resolution", f"{s['touches_per_resolution']:.2f}"),
+        ("duplicate writebacks", str(s["duplicate_writebacks"])),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    out.print(table)
+    states = Table(title="where every case ended")
+    states.add_column("state")
+    states.add_column("cases", justify="right")
+    for state, count in s["terminal_states"].items():
+        states.add_row(state, str(count))
+    if s["live_cases"]:
+        states.add_row("still open", str(s["live_cases"]))
+    out.print(states)
+    sent = ", ".join(f"{ch} {n}" for ch, n in s["messages_sent"].items())
+    out.print(f"messages sent: {sent}")
+    out.print(f"database: {s['database']}")
+    out.print(f"report:   {out_dir / 'report.json'}")
+    out.print("next: closeloop case show CASE_ID --json, or see docs/demo.md")
+
+
+def main() -> None:
+    try:
+        cli()
+    except CloseloopError as exc:
+        err.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        sys.exit(exc.exit_code)
