@@ -33,14 +33,15 @@ class App:
         size = limit or self.settings.batch_size
         total = 0
         while True:
-            done = (
-                self.runtime.run_due_timers(size)
-                + self.dispatcher.send_messages(size)
-                + self.dispatcher.run_writebacks(size)
-            )
-            total += done
-            if not done:
+            due = self.store.due_work(self.clock.now())
+            if not any(due.values()):
                 return total
+            if due["timers"]:
+                total += self.runtime.run_due_timers(size)
+            if due["message"]:
+                total += self.dispatcher.send_messages(size)
+            if due["writeback"]:
+                total += self.dispatcher.run_writebacks(size)
 
     def close(self) -> None:
         self.store.dispose()

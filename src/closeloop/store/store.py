@@ -26,6 +26,7 @@ from closeloop.engine import (
     Status,
 )
 from closeloop.store import database
+from closeloop.store import queries as q
 from closeloop.store.rows import case_from_row, case_to_row
 from closeloop.store.tables import (
     backend_events,
@@ -82,8 +83,22 @@ class Store:
             yield Tx(connection, self.dialect)
 
     def read(self) -> Tx:
-        """A Tx for reads outside a transaction block (autocommitting connection)."""
-        return Tx(self.engine.connect(), self.dialect)
+        """A Tx for reads only (on SQLite it takes no write lock); close it after use."""
+        connection = self.engine.connect().execution_options(closeloop_read_only=True)
+        return Tx(connection, self.dialect)
+
+    def due_work(self, now: datetime) -> dict[str, bool]:
+        """Which kinds of work are due now, in one cheap read."""
+        tx = self.read()
+        try:
+            row = tx.c.execute(q.due_work, {"now": now}).one()
+        finally:
+            tx.close()
+        return {
+            "timers": bool(row.timers),
+            "message": bool(row.message),
+            "writeback": bool(row.writeback),
+        }
 
 
 class Tx:
@@ -114,20 +129,18 @@ class Tx:
 
     # -- cases -------------------------------------------------------------
     def case_by_trigger(self, trigger_id: str) -> Case | None:
-        row = self.c.execute(sa.select(cases).where(cases.c.trigger_id == trigger_id)).first()
+        row = self.c.execute(q.case_by_trigger, {"trigger_id": trigger_id}).first()
         return case_from_row(row._mapping) if row else None
 
     def load_case(self, case_id: str, *, lock: bool = False) -> Case | None:
-        stmt = sa.select(cases).where(cases.c.id == case_id)
-        if lock and self.dialect == "postgresql":
-            stmt = stmt.with_for_update()
-        row = self.c.execute(stmt).first()
+        stmt = q.case_by_id_locked if lock and self.dialect == "postgresql" else q.case_by_id
+        row = self.c.execute(stmt, {"case_id": case_id}).first()
         return case_from_row(row._mapping) if row else None
 
     def load_cases(self, case_ids: Sequence[str]) -> dict[str, Case]:
         if not case_ids:
             return {}
-        rows = self.c.execute(sa.select(cases).where(cases.c.id.in_(case_ids))).all()
+        rows = self.c.execute(q.cases_by_ids, {"ids": list(case_ids)}).all()
         return {row.id: case_from_row(row._mapping) for row in rows}
 
     def open_cases_for_account(self, account_id: str, *, lock: bool = False) -> list[Case]:
@@ -142,18 +155,10 @@ class Tx:
         return [case_from_row(r._mapping) for r in self.c.execute(stmt).all()]
 
     def seen(self, case_id: str, dedupe_key: str) -> bool:
-        stmt = sa.select(case_events.c.id).where(
-            case_events.c.case_id == case_id, case_events.c.dedupe_key == dedupe_key
-        )
-        return self.c.execute(stmt.limit(1)).first() is not None
+        return self.c.execute(q.seen, {"case_id": case_id, "key": dedupe_key}).first() is not None
 
     def history(self, case_id: str) -> list[dict[str, Any]]:
-        stmt = (
-            sa.select(case_events)
-            .where(case_events.c.case_id == case_id)
-            .order_by(case_events.c.seq)
-        )
-        return [dict(r._mapping) for r in self.c.execute(stmt).all()]
+        return [dict(r._mapping) for r in self.c.execute(q.history, {"case_id": case_id})]
 
     def status_counts(self) -> dict[str, int]:
         stmt = sa.select(cases.c.status, sa.func.count()).group_by(cases.c.status)
@@ -302,18 +307,11 @@ class Tx:
     # -- due work ----------------------------------------------------------
     def claim_due_timers(self, now: datetime, limit: int) -> list[tuple[str, str]]:
         """Due timers, oldest first; on PostgreSQL rows other workers hold are skipped."""
-        stmt = (
-            sa.select(timers.c.case_id, timers.c.name)
-            .where(timers.c.due_at <= now)
-            .order_by(timers.c.due_at)
-            .limit(limit)
-        )
-        if self.dialect == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
-        return [(r.case_id, r.name) for r in self.c.execute(stmt).all()]
+        stmt = q.due_timers_locked if self.dialect == "postgresql" else q.due_timers
+        return [(r.case_id, r.name) for r in self.c.execute(stmt, {"now": now, "limit": limit})]
 
     def next_timer_due(self) -> datetime | None:
-        return self.c.execute(sa.select(sa.func.min(timers.c.due_at))).scalar_one_or_none()
+        return self.c.execute(q.next_timer).scalar_one_or_none()
 
     def delete_timers(self, pairs: Sequence[tuple[str, str]]) -> None:
         if pairs:
@@ -326,19 +324,8 @@ class Tx:
             )
 
     def claim_outbox(self, kind: str, now: datetime, limit: int) -> list[OutboxItem]:
-        stmt = (
-            sa.select(outbox)
-            .where(
-                outbox.c.kind == kind,
-                outbox.c.status == "pending",
-                outbox.c.next_attempt_at <= now,
-                sa.or_(outbox.c.leased_until.is_(None), outbox.c.leased_until <= now),
-            )
-            .order_by(outbox.c.id)
-            .limit(limit)
-        )
-        if self.dialect == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
+        stmt = q.due_outbox_locked if self.dialect == "postgresql" else q.due_outbox
+        rows = self.c.execute(stmt, {"kind": kind, "now": now, "limit": limit})
         return [
             OutboxItem(
                 id=r.id,
@@ -348,13 +335,13 @@ class Tx:
                 payload=dict(r.payload),
                 attempts=r.attempts,
             )
-            for r in self.c.execute(stmt).all()
+            for r in rows
         ]
 
     def lease_outbox(self, ids: Sequence[int], until: datetime) -> None:
         """Hold claimed rows while they are carried out with no transaction open."""
         if ids:
-            self.c.execute(outbox.update().where(outbox.c.id.in_(ids)).values(leased_until=until))
+            self.c.execute(q.lease_outbox, {"ids": list(ids), "until": until})
 
     def release_leases(self, now: datetime) -> int:
         """End every lease at once: for a single process resuming after a crash."""
@@ -364,38 +351,20 @@ class Tx:
         return self.c.execute(stmt.values(leased_until=None, updated_at=now)).rowcount
 
     def next_outbox_due(self) -> datetime | None:
-        due = sa.func.coalesce(outbox.c.leased_until, outbox.c.next_attempt_at)
-        stmt = sa.select(sa.func.min(due)).where(outbox.c.status == "pending")
-        return self.c.execute(stmt).scalar_one_or_none()
+        return self.c.execute(q.next_outbox).scalar_one_or_none()
 
     def finish_outbox(
         self, item_id: int, status: str, result: dict[str, Any], now: datetime
     ) -> None:
         self.c.execute(
-            outbox.update()
-            .where(outbox.c.id == item_id)
-            .values(
-                status=status,
-                result=result,
-                attempts=outbox.c.attempts + 1,
-                updated_at=now,
-                leased_until=None,
-            )
+            q.finish_outbox, {"b_id": item_id, "b_status": status, "b_result": result, "b_now": now}
         )
 
     def retry_outbox(
         self, item_id: int, at: datetime, result: dict[str, Any], now: datetime
     ) -> None:
         self.c.execute(
-            outbox.update()
-            .where(outbox.c.id == item_id)
-            .values(
-                next_attempt_at=at,
-                result=result,
-                attempts=outbox.c.attempts + 1,
-                updated_at=now,
-                leased_until=None,
-            )
+            q.retry_outbox, {"b_id": item_id, "b_at": at, "b_result": result, "b_now": now}
         )
 
     def outbox_counts(self) -> dict[tuple[str, str], int]:
@@ -434,16 +403,12 @@ class Tx:
         )
 
     def link(self, token_hash: str) -> dict[str, Any] | None:
-        row = self.c.execute(sa.select(links).where(links.c.token_hash == token_hash)).first()
+        row = self.c.execute(q.link_by_hash, {"token_hash": token_hash}).first()
         return dict(row._mapping) if row else None
 
     def use_link(self, token_hash: str, now: datetime) -> bool:
         """Mark the link used; False if someone else used it first."""
-        result = self.c.execute(
-            links.update()
-            .where(links.c.token_hash == token_hash, links.c.used_at.is_(None))
-            .values(used_at=now)
-        )
+        result = self.c.execute(q.use_link, {"b_hash": token_hash, "b_now": now})
         return result.rowcount == 1
 
     def record_backend_event(

@@ -1,0 +1,109 @@
+"""The engine's hot statements, built once.
+
+Building a SQLAlchemy statement costs several times more than executing a
+prebuilt one with bound parameters, and these run for every case step.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from closeloop.store.tables import case_events, cases, links, outbox, timers
+
+_now: sa.BindParameter[object] = sa.bindparam("now")
+
+case_by_id = sa.select(cases).where(cases.c.id == sa.bindparam("case_id"))
+case_by_id_locked = case_by_id.with_for_update()
+case_by_trigger = sa.select(cases).where(cases.c.trigger_id == sa.bindparam("trigger_id"))
+cases_by_ids = sa.select(cases).where(cases.c.id.in_(sa.bindparam("ids", expanding=True)))
+
+seen = (
+    sa.select(case_events.c.id)
+    .where(
+        case_events.c.case_id == sa.bindparam("case_id"),
+        case_events.c.dedupe_key == sa.bindparam("key"),
+    )
+    .limit(1)
+)
+history = (
+    sa.select(case_events)
+    .where(case_events.c.case_id == sa.bindparam("case_id"))
+    .order_by(case_events.c.seq)
+)
+
+due_timers = (
+    sa.select(timers.c.case_id, timers.c.name)
+    .where(timers.c.due_at <= _now)
+    .order_by(timers.c.due_at)
+    .limit(sa.bindparam("limit"))
+)
+due_timers_locked = due_timers.with_for_update(skip_locked=True)
+next_timer = sa.select(sa.func.min(timers.c.due_at))
+
+_outbox_due = sa.and_(
+    outbox.c.kind == sa.bindparam("kind"),
+    outbox.c.status == "pending",
+    outbox.c.next_attempt_at <= _now,
+    sa.or_(outbox.c.leased_until.is_(None), outbox.c.leased_until <= _now),
+)
+due_outbox = sa.select(outbox).where(_outbox_due).order_by(outbox.c.id).limit(sa.bindparam("limit"))
+due_outbox_locked = due_outbox.with_for_update(skip_locked=True)
+next_outbox = sa.select(
+    sa.func.min(sa.func.coalesce(outbox.c.leased_until, outbox.c.next_attempt_at))
+).where(outbox.c.status == "pending")
+lease_outbox = (
+    outbox.update()
+    .where(outbox.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .values(leased_until=sa.bindparam("until"))
+)
+finish_outbox = (
+    outbox.update()
+    .where(outbox.c.id == sa.bindparam("b_id"))
+    .values(
+        status=sa.bindparam("b_status"),
+        result=sa.bindparam("b_result"),
+        attempts=outbox.c.attempts + 1,
+        updated_at=sa.bindparam("b_now"),
+        leased_until=None,
+    )
+)
+retry_outbox = (
+    outbox.update()
+    .where(outbox.c.id == sa.bindparam("b_id"))
+    .values(
+        next_attempt_at=sa.bindparam("b_at"),
+        result=sa.bindparam("b_result"),
+        attempts=outbox.c.attempts + 1,
+        updated_at=sa.bindparam("b_now"),
+        leased_until=None,
+    )
+)
+
+
+def _exists(where: sa.ColumnElement[bool], table: sa.Table) -> sa.ColumnElement[bool]:
+    return sa.exists(sa.select(sa.literal(1)).select_from(table).where(where))
+
+
+# One round trip to learn which kinds of work are due.
+due_work = sa.select(
+    _exists(timers.c.due_at <= _now, timers).label("timers"),
+    *[
+        _exists(
+            sa.and_(
+                outbox.c.kind == kind,
+                outbox.c.status == "pending",
+                outbox.c.next_attempt_at <= _now,
+                sa.or_(outbox.c.leased_until.is_(None), outbox.c.leased_until <= _now),
+            ),
+            outbox,
+        ).label(kind)
+        for kind in ("message", "writeback")
+    ],
+)
+
+link_by_hash = sa.select(links).where(links.c.token_hash == sa.bindparam("token_hash"))
+use_link = (
+    links.update()
+    .where(links.c.token_hash == sa.bindparam("b_hash"), links.c.used_at.is_(None))
+    .values(used_at=sa.bindparam("b_now"))
+)
