@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from closeloop.app import Settings, TriggerIn, build
+from closeloop.app.settings import EXAMPLE
 from closeloop.clock import SimClock
 from closeloop.errors import CloseloopError, InputError, SpecError, TriggerError
 from closeloop.spec import explain, load_spec_file
@@ -38,7 +39,7 @@ cli.add_typer(spec_cli, name="spec")
 cli.add_typer(db_cli, name="db")
 cli.add_typer(case_cli, name="case")
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -288,7 +289,6 @@ def demo(
     from closeloop.sim import Params, Simulation, summarize, to_json
     from closeloop.sim.runner import START
 
-    example = Path(__file__).parent / "examples" / "failed_payment.yaml"
     if not resume:
         for name in (
             "closeloop.db",
@@ -300,7 +300,7 @@ def demo(
             "report.json",
         ):
             (out_dir / name).unlink(missing_ok=True)
-    settings = _settings(data_dir=out_dir, workflows=[example], cohort_percent=cohort)
+    settings = _settings(data_dir=out_dir, workflows=[EXAMPLE], cohort_percent=cohort)
     if not resume and settings.database_url:
         _reset_database(settings.database_url)
     clock = SimClock(START)

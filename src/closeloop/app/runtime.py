@@ -159,11 +159,12 @@ class Runtime:
         with self.store.transaction() as tx:
             batch: list[Applied] = []
             pending: dict[str, str] = {}
+            known = tx.cases_by_triggers([t.id for t, c in plans if c is not None])
             for trigger, compiled in plans:
                 if compiled is None:
                     results.append(self._close_elsewhere(tx, trigger))
                     continue
-                existing = tx.case_by_trigger(trigger.id)
+                existing = known.get(trigger.id)
                 if existing is not None or trigger.id in pending:
                     case_id = existing.id if existing else pending[trigger.id]
                     status = existing.status.value if existing else "pending"

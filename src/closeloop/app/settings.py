@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "failed_payment.yaml"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLOSELOOP_", extra="ignore")
@@ -23,7 +25,10 @@ class Settings(BaseSettings):
         default=None,
         description="database of the local sink provider and simulated system of record",
     )
-    workflows: list[Path] = Field(default_factory=lambda: [Path("examples/failed_payment.yaml")])
+    workflows: list[Path] = Field(
+        default_factory=lambda: [EXAMPLE],
+        description='resolution specs to load, as JSON: ["specs/a.yaml", "specs/b.yaml"]',
+    )
     public_url: str = "http://127.0.0.1:8000"
     link_lifetime_hours: int = Field(default=72, ge=1)
     cohort_percent: float = Field(default=100.0, ge=0, le=100)

@@ -132,6 +132,13 @@ class Tx:
         row = self.c.execute(q.case_by_trigger, {"trigger_id": trigger_id}).first()
         return case_from_row(row._mapping) if row else None
 
+    def cases_by_triggers(self, trigger_ids: Sequence[str]) -> dict[str, Case]:
+        """Cases already opened for any of these trigger ids, by trigger id."""
+        if not trigger_ids:
+            return {}
+        rows = self.c.execute(q.cases_by_triggers, {"ids": list(trigger_ids)})
+        return {row.trigger_id: case_from_row(row._mapping) for row in rows}
+
     def load_case(self, case_id: str, *, lock: bool = False) -> Case | None:
         stmt = q.case_by_id_locked if lock and self.dialect == "postgresql" else q.case_by_id
         row = self.c.execute(stmt, {"case_id": case_id}).first()

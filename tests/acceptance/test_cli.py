@@ -1,0 +1,120 @@
+"""The installed CLI in a subprocess, as a user meets it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.conftest import demo_json, run
+from tests.conftest import EXAMPLE, ROOT
+
+
+def test_spec_validate_accepts_the_example(workdir: Path) -> None:
+    done = run("spec", "validate", str(EXAMPLE), cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert "valid (failed_payment@1)" in done.stdout
+
+
+def test_spec_validate_reports_every_problem_with_position(workdir: Path) -> None:
+    broken = workdir / "broken.yaml"
+    broken.write_text(EXAMPLE.read_text()
+                      .replace("max_attempts: 3", "max_attempts: 3\n  colour: red")
+                      .replace("rule: case.amount_due > 0.0", "rule: case.amount_due >")
+                      .replace("template: declined_card_sms,", "template: nope,"))
+    done = run("spec", "validate", str(broken), cwd=workdir)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.startswith(str(broken))]
+    assert len(lines) == 1  # structure first: unknown key
+    assert re.match(rf"{re.escape(str(broken))}:\d+:3: identity.colour: unknown key", lines[0])
+    broken.write_text(EXAMPLE.read_text()
+                      .replace("rule: case.amount_due > 0.0", "rule: case.amount_due >")
+                      .replace("template: declined_card_sms,", "template: nope,"))
+    done = run("spec", "validate", str(broken), "--json", cwd=workdir)
+    assert done.returncode == 2
+    problems = json.loads(done.stdout)["problems"]
+    assert {p["path"] for p in problems} == {"eligibility[0].rule", "outreach.steps[1].template"}
+    assert all(p["line"] > 1 and p["column"] > 1 for p in problems)
+    assert "Traceback" not in done.stderr
+
+
+def test_spec_explain_prints_the_review_page(workdir: Path) -> None:
+    done = run("spec", "explain", str(EXAMPLE), cwd=workdir)
+    assert done.returncode == 0
+    assert "WHAT DONE MEANS, AND WHAT IS WRITTEN BACK" in done.stdout
+
+
+def test_demo_json_summary_and_same_seed_same_summary(workdir: Path) -> None:
+    first = demo_json("--accounts", "150", "--days", "10", "--out", str(workdir / "a"),
+                      cwd=workdir)
+    second = demo_json("--accounts", "150", "--days", "10", "--out", str(workdir / "b"),
+                       cwd=workdir)
+    for key in ("accounts", "cases", "terminal_states", "completion_rate",
+                "median_time_to_resolution_hours", "writeback_success_rate", "exception_rate",
+                "deflection_rate", "messages_sent", "database"):
+        assert key in first
+    assert first["cases"] == sum(first["terminal_states"].values()) and first["live_cases"] == 0
+    assert first["duplicate_writebacks"] == 0
+    first.pop("database"), second.pop("database")
+    assert first == second
+    third = demo_json("--accounts", "150", "--days", "10", "--seed", "8", "--out",
+                      str(workdir / "c"), cwd=workdir)
+    assert third["messages_sent"] != first["messages_sent"]
+
+
+def test_demo_prints_a_table_for_people(workdir: Path) -> None:
+    done = run("demo", "--accounts", "60", "--days", "5", "--out", str(workdir / "d"),
+               cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert "completion rate" in done.stdout and "report.json" in done.stdout
+
+
+def test_demo_refuses_bad_flags(workdir: Path) -> None:
+    done = run("demo", "--accounts", "0", cwd=workdir)
+    assert done.returncode == 2 and "accounts" in done.stderr
+
+
+def test_ingest_reports_bad_rows_by_line_and_keeps_good_ones(workdir: Path) -> None:
+    accounts = workdir / "accounts"
+    run("db", "upgrade", cwd=workdir)
+    batch = workdir / "failed.csv"
+    batch.write_text(
+        "id,type,account_id,amount_due,decline_code,due_date\n"
+        "e1,payment.failed,A1,120.50,51,2026-03-01\n"
+        "e2,payment.failed,A2,lots,51,2026-03-01\n"
+        "e3,payment.failed,A3,80.00,05,2026-03-01\n"
+        "e1,payment.failed,A1,120.50,51,2026-03-01\n"
+        "e4,payment.unknown,A4,1,51,2026-03-01\n"
+    )
+    done = run("ingest", str(batch), "--json", cwd=workdir)
+    assert done.returncode == 2
+    report = json.loads(done.stdout)
+    assert report["created"] == 2 and report["duplicate"] == 1 and report["rejected"] == 2
+    assert report["errors"][0].startswith(f"{batch}:3: ")
+    assert "data.amount_due" in report["errors"][0]
+    assert report["errors"][1].startswith(f"{batch}:6: ")
+    again = json.loads(run("ingest", str(batch), "--json", cwd=workdir).stdout)
+    assert again["created"] == 0 and again["duplicate"] == 3
+    lines = workdir / "posted.jsonl"
+    lines.write_text('{"id": "p1", "type": "payment.posted", "data": {"account_id": "A1"}}\n'
+                     "{not json\n")
+    done = run("ingest", str(lines), "--json", cwd=workdir)
+    report = json.loads(done.stdout)
+    assert report["closing_events"] == 1 and report["cases_closed"] == 1
+    assert report["errors"][0].startswith(f"{lines}:2: not JSON")
+    assert not accounts.exists()
+
+
+@pytest.mark.parametrize("args", [["case", "show", "case_nope"], ["link", "case_nope"]])
+def test_unknown_case_is_a_clear_error(workdir: Path, args: list[str]) -> None:
+    done = run(*args, cwd=workdir)
+    assert done.returncode == 2
+    assert "no case case_nope" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_readme_quick_start_names_the_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "python3 tasks.py demo" in readme and "python3 tasks.py test" in readme
+    assert "python3 tasks.py test" in (ROOT / ".ci" / "run").read_text()

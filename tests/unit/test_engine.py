@@ -1,0 +1,200 @@
+"""The engine as a pure function, driven with in-memory fakes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from closeloop.engine import (
+    CADENCE,
+    EXPIRE,
+    BackendEvent,
+    Case,
+    Decision,
+    Disputed,
+    IdentityChecked,
+    LinkOpened,
+    MessageFailed,
+    Opened,
+    OpenException,
+    OutcomeSubmitted,
+    RequestWriteback,
+    SendMessage,
+    Status,
+    TimerFired,
+    WritebackFailed,
+    WritebackSucceeded,
+    step,
+)
+from closeloop.spec import CompiledSpec
+from closeloop.testing import account, case_for
+from tests.conftest import NOW
+
+DATA = {"account_id": "A1", "amount_due": "120.50", "decline_code": "51",
+        "due_date": "2026-03-01"}
+
+
+def opened(compiled: CompiledSpec, **kw: object) -> Decision:
+    acct = account("A1", **kw)  # type: ignore[arg-type]
+    return step(case_for(compiled, DATA, acct, now=NOW), Opened(), compiled, NOW)
+
+
+def verified(compiled: CompiledSpec) -> Case:
+    case = opened(compiled).case
+    case = step(case, LinkOpened(channel="email"), compiled, NOW).case
+    return step(case, IdentityChecked(passed=True, method="known_facts"), compiled, NOW).case
+
+
+def test_open_sends_first_email_and_sets_cadence_and_expiry(compiled: CompiledSpec) -> None:
+    d = opened(compiled)
+    assert d.case.status is Status.OUTREACH
+    (message,) = d.intents
+    assert isinstance(message, SendMessage) and message.channel == "email"
+    timers = {t.name: t.due_at for t in d.timers}
+    assert timers == {EXPIRE: NOW + timedelta(days=8), CADENCE: NOW + timedelta(hours=24)}
+    assert [e.kind for e in d.history] == ["opened", "message_requested"]
+    assert d.case.seq == 2
+
+
+def test_legal_hold_is_ineligible_with_the_rule_reason(compiled: CompiledSpec) -> None:
+    d = opened(compiled, flags=["litigation"])
+    assert d.case.status is Status.INELIGIBLE
+    assert d.case.reason == "account under legal hold"
+    assert d.history[-1].data["rule"] == "no_legal_hold"
+    assert not d.intents and not d.timers
+
+
+def test_outside_the_cohort_is_not_enrolled(compiled: CompiledSpec) -> None:
+    case = case_for(compiled, DATA, account("A1"), now=NOW)
+    d = step(case, Opened(enrolled=False, cohort="control"), compiled, NOW)
+    assert d.case.status is Status.NOT_ENROLLED and d.case.cohort == "control"
+
+
+def test_quiet_hours_defer_the_first_message(compiled: CompiledSpec) -> None:
+    night = NOW.replace(hour=4)  # 23:00 in New York
+    case = case_for(compiled, DATA, account("A1"), now=night)
+    d = step(case, Opened(), compiled, night)
+    assert not d.intents
+    cadence = next(t for t in d.timers if t.name == CADENCE)
+    assert cadence.due_at == NOW.replace(hour=13)  # 08:00 New York (EST)
+    assert d.history[-1].kind == "step_deferred"
+
+
+def test_reminder_is_skipped_when_the_link_was_opened(compiled: CompiledSpec) -> None:
+    case = step(opened(compiled).case, LinkOpened(channel="email"), compiled, NOW).case
+    later = NOW + timedelta(hours=24)
+    d = step(case, TimerFired(name=CADENCE), compiled, later)
+    assert [e.kind for e in d.history] == ["step_skipped"]
+    assert next(t for t in d.timers if t.name == CADENCE).due_at == NOW + timedelta(hours=72)
+
+
+def test_no_consent_for_a_channel_falls_back_or_skips(compiled: CompiledSpec) -> None:
+    case = case_for(compiled, DATA, account("A1", channels=("email",)), now=NOW)
+    case = step(case, Opened(), compiled, NOW).case
+    d = step(case, TimerFired(name=CADENCE), compiled, NOW + timedelta(hours=24))
+    assert d.history[0].reason == "no address with consent for sms"
+    d = step(d.case, TimerFired(name=CADENCE), compiled, NOW + timedelta(hours=72))
+    (message,) = d.intents
+    assert isinstance(message, SendMessage)
+    assert (message.channel, message.template) == ("email", "declined_card_last_email")
+
+
+def test_undeliverable_whatsapp_falls_back_to_email(compiled: CompiledSpec) -> None:
+    case = opened(compiled).case.evolve(next_step=3)
+    d = step(case, MessageFailed(message_id="m", channel="whatsapp", step=2, reason="blocked"),
+             compiled, NOW)
+    (message,) = d.intents
+    assert isinstance(message, SendMessage) and message.channel == "email"
+
+
+def test_expiry_closes_the_case_and_cancels_timers(compiled: CompiledSpec) -> None:
+    d = step(opened(compiled).case, TimerFired(name=EXPIRE), compiled, NOW + timedelta(days=8))
+    assert d.case.status is Status.EXPIRED and d.cancel_timers and d.case.closed_at
+
+
+def test_identity_locks_after_max_attempts(compiled: CompiledSpec) -> None:
+    case = opened(compiled).case
+    for _ in range(3):
+        d = step(case, IdentityChecked(passed=False, method="known_facts"), compiled, NOW)
+        case = d.case
+    assert case.status is Status.EXCEPTION
+    (exc,) = [i for i in d.intents if isinstance(i, OpenException)]
+    assert (exc.reason, exc.queue, exc.due_at) == ("identity_locked", "fraud_review",
+                                                   NOW + timedelta(hours=4))
+
+
+def test_submission_needs_identity_and_bounds(compiled: CompiledSpec) -> None:
+    case = opened(compiled).case
+    assert step(case, OutcomeSubmitted(option="pay_now", values={"amount": "50"}), compiled,
+                NOW).rejected == "identity must be confirmed first"
+    case = verified(compiled)
+    low = step(case, OutcomeSubmitted(option="pay_now", values={"amount": "10"}), compiled, NOW)
+    assert low.rejected == "amount must be between 30.13 and 120.50"
+    assert low.case == case and not low.history
+
+
+def test_paid_outcome_requests_each_writeback_once_then_resolves(compiled: CompiledSpec) -> None:
+    case = verified(compiled)
+    d = step(case, OutcomeSubmitted(option="pay_now", values={"amount": "120.50"}), compiled,
+             NOW)
+    writebacks = [i for i in d.intents if isinstance(i, RequestWriteback)]
+    assert [w.operation for w in writebacks] == ["post_payment", "clear_flag", "add_note"]
+    assert writebacks[1].argument == "past_due"
+    assert d.case.status is Status.WRITING_BACK and d.cancel_timers
+    assert d.history[-1].data["evidence"]["amount"] == "120.50"
+    again = step(case, OutcomeSubmitted(option="pay_now", values={"amount": "120.50"}), compiled,
+                 NOW)
+    assert [w.idempotency_key for w in writebacks] == [
+        w.idempotency_key for w in again.intents if isinstance(w, RequestWriteback)]
+    case = d.case
+    for w in writebacks:
+        case = step(case, WritebackSucceeded(operation_key=w.idempotency_key), compiled, NOW).case
+    assert case.status is Status.RESOLVED
+
+
+def test_large_payment_needs_a_one_time_code(compiled: CompiledSpec) -> None:
+    data = {**DATA, "amount_due": "900.00"}
+    case = case_for(compiled, data, account("A1"), now=NOW)
+    case = step(case, Opened(), compiled, NOW).case
+    case = step(case, IdentityChecked(passed=True, method="known_facts"), compiled, NOW).case
+    no_code = step(case, OutcomeSubmitted(option="pay_now", values={"amount": "600"}), compiled,
+                   NOW)
+    assert no_code.rejected == "a one-time code is required for this action"
+    ok = step(case, OutcomeSubmitted(option="pay_now", values={"amount": "600"},
+                                     one_time_code_verified=True), compiled, NOW)
+    assert ok.case.status is Status.WRITING_BACK
+
+
+def test_failed_writeback_opens_an_exception(compiled: CompiledSpec) -> None:
+    d = step(verified(compiled), OutcomeSubmitted(option="update_card"), compiled, NOW)
+    key = next(i for i in d.intents if isinstance(i, RequestWriteback)).idempotency_key
+    d = step(d.case, WritebackFailed(operation_key=key, reason="422 account is closed"),
+             compiled, NOW)
+    assert d.case.status is Status.EXCEPTION
+    assert any(isinstance(i, OpenException) and i.queue == "billing_ops" for i in d.intents)
+
+
+def test_payment_posted_elsewhere_closes_the_case(compiled: CompiledSpec) -> None:
+    d = step(opened(compiled).case, BackendEvent(type="payment.posted"), compiled, NOW)
+    assert d.case.status is Status.RESOLVED_ELSEWHERE
+    assert step(opened(compiled).case, BackendEvent(type="card.expired"), compiled,
+                NOW).rejected
+
+
+def test_dispute_goes_to_its_queue(compiled: CompiledSpec) -> None:
+    d = step(opened(compiled).case, Disputed(reason="not mine"), compiled, NOW)
+    assert d.case.status is Status.EXCEPTION and d.case.reason == "disputed: not mine"
+
+
+def test_a_closed_case_rejects_everything(compiled: CompiledSpec) -> None:
+    closed = opened(compiled, flags=["bankruptcy"]).case
+    for event in (TimerFired(name=CADENCE), LinkOpened(channel="sms"),
+                  BackendEvent(type="payment.posted")):
+        d = step(closed, event, compiled, NOW)
+        assert d.rejected and d.case == closed and not d.history
+
+
+@pytest.mark.parametrize("flags", [[], ["litigation"]])
+def test_the_engine_is_deterministic(compiled: CompiledSpec, flags: list[str]) -> None:
+    assert opened(compiled, flags=flags) == opened(compiled, flags=flags)

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from closeloop.errors import SpecError
+from closeloop.spec import explain, load_spec, load_spec_file
+from tests.conftest import EXAMPLE
+
+
+def problems_of(text: str) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        load_spec(text, filename="bad.yaml")
+    return [str(p) for p in info.value.problems]
+
+
+def edit(old: str, new: str) -> str:
+    text = EXAMPLE.read_text()
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+def line_of(text: str, needle: str) -> int:
+    return text[: text.index(needle)].count("\n") + 1
+
+
+def test_example_validates_and_compiles_rules_once() -> None:
+    compiled = load_spec_file(EXAMPLE)
+    assert compiled.key == "failed_payment@1"
+    assert [r.name for r in compiled.eligibility] == ["has_balance", "no_legal_hold", "not_deceased"]
+    assert compiled.bounds["pay_now"][0] is not None
+
+
+def test_unknown_key_points_at_its_line() -> None:
+    text = edit("  max_attempts: 3\n", "  max_attempts: 3\n  max_attemps: 4\n")
+    found = problems_of(text)
+    line = line_of(text, "max_attemps")
+    assert found == [f"bad.yaml:{line}:3: identity.max_attemps: unknown key"]
+
+
+def test_bad_types_and_enums_are_all_reported() -> None:
+    text = edit("version: 1", "version: one").replace("channel: sms\n", "channel: pigeon\n")
+    found = problems_of(text)
+    line = line_of(text, "version: one")
+    assert any(p.startswith(f"bad.yaml:{line}:10: version:") for p in found)
+    assert any("channel: expected one of 'email', 'sms', 'whatsapp' or 'webhook'" in p
+               for p in found)
+
+
+def test_cel_syntax_error_has_column_inside_the_rule() -> None:
+    text = edit("rule: case.amount_due > 0.0", "rule: case.amount_due > ")
+    (problem,) = problems_of(text)
+    line = line_of(text, "rule: case.amount_due > ")
+    assert problem.startswith(f"bad.yaml:{line}:")
+    assert "eligibility[0].rule: CEL syntax error" in problem
+
+
+def test_cel_undeclared_field_and_type_errors() -> None:
+    text = edit("'deceased' in account.flags", "'deceased' in account.flagz")
+    text = text.replace("min: case.amount_due * 0.25", "min: case.amount_due + 'x'")
+    found = problems_of(text)
+    assert any("account.flagz is not a declared field" in p for p in found)
+    assert any("miniapp.options.pay_now.min: CEL type error" in p for p in found)
+
+
+def test_rule_must_be_boolean() -> None:
+    (problem,) = problems_of(edit("rule: case.amount_due > 0.0", "rule: case.amount_due"))
+    assert "must be true or false" in problem
+
+
+def test_undefined_template_outcome_and_unreachable_step() -> None:
+    text = edit("template: declined_card_sms, wait", "template: declined_card_smss, wait")
+    text = text.replace("      outcome: paid\n", "      outcome: payed\n")
+    text = text.replace("expires_after: 8d", "expires_after: 3d")
+    found = problems_of(text)
+    joined = "\n".join(found)
+    assert "template 'declined_card_smss' is not defined" in joined
+    assert "outcome 'payed' is not defined" in joined
+    assert "outcomes.paid: no mini-app option leads to this outcome" in joined
+    assert re.search(r"outreach\.steps\[2\]: unreachable: this step would start 3d", joined)
+    assert all(re.match(r"bad\.yaml:\d+:\d+: ", p) for p in found)
+
+
+def test_yaml_syntax_error_has_position() -> None:
+    (problem,) = problems_of("workflow: x\n  version: [1\n")
+    assert re.match(r"bad\.yaml:\d+:\d+: YAML syntax", problem)
+
+
+def test_missing_file_is_a_spec_error(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="No such file"):
+        load_spec_file(tmp_path / "nope.yaml")
+
+
+def test_explain_is_the_reviewer_page() -> None:
+    page = explain(load_spec_file(EXAMPLE).spec)
+    for heading in ("WHO IS CONTACTED", "IDENTITY", "WHAT DONE MEANS", "evidence kept", "CONTACT"):
+        assert heading in page
+    assert 'if not: "account under legal hold"' in page
