@@ -47,32 +47,45 @@ def run_closeloop(n: int, folder: Path) -> float:
     store.upgrade()
     clock = SimClock(START)
     connector = InMemoryConnector({f"A{i}": account(f"A{i}") for i in range(n)})
-    runtime = Runtime(store=store, workflows=Workflows([load_spec_file(HERE / "journey.yaml")]),
-                      connector=connector, clock=clock)
+    runtime = Runtime(
+        store=store,
+        workflows=Workflows([load_spec_file(HERE / "journey.yaml")]),
+        connector=connector,
+        clock=clock,
+    )
     runtime.register_workflows()
     started = time.perf_counter()
     case_ids = []
     for first in range(0, n, BATCH):
-        batch = [TriggerIn(id=f"t{i}", type="bench.failed",
-                           data={"account_id": f"A{i}", "amount_due": "100.00"})
-                 for i in range(first, min(n, first + BATCH))]
+        batch = [
+            TriggerIn(
+                id=f"t{i}",
+                type="bench.failed",
+                data={"account_id": f"A{i}", "amount_due": "100.00"},
+            )
+            for i in range(first, min(n, first + BATCH))
+        ]
         case_ids += [r.case_id for r in runtime.intake(batch)]
     for i, case_id in enumerate(case_ids):
         if completes(i):
-            d = runtime.apply(case_id, OutcomeSubmitted(option="pay_now",
-                                                        values={"amount": "100.00"},
-                                                        key=f"submit:{i}"))
+            d = runtime.apply(
+                case_id,
+                OutcomeSubmitted(option="pay_now", values={"amount": "100.00"}, key=f"submit:{i}"),
+            )
             (wb,) = [x for x in d.intents if isinstance(x, RequestWriteback)]
-            runtime.apply(case_id, WritebackSucceeded(operation_key=wb.idempotency_key,
-                                                      key=f"wb:{i}"))
+            runtime.apply(
+                case_id, WritebackSucceeded(operation_key=wb.idempotency_key, key=f"wb:{i}")
+            )
     for hours in (24, 72):
         clock.set(START + timedelta(hours=hours))
         while runtime.run_due_timers(BATCH):
             pass
     elapsed = time.perf_counter() - started
     counts = store.read().status_counts()
-    expected = {"resolved": sum(map(completes, range(n))),
-                "expired": n - sum(map(completes, range(n)))}
+    expected = {
+        "resolved": sum(map(completes, range(n))),
+        "expired": n - sum(map(completes, range(n))),
+    }
     assert counts == expected, counts
     store.dispose()
     return 3 * n / elapsed
@@ -101,20 +114,32 @@ def run_raw(n: int, folder: Path) -> float:
     for first in range(0, n, BATCH):
         ids = range(first, min(n, first + BATCH))
         db.execute("BEGIN IMMEDIATE")
-        db.executemany("INSERT INTO cases VALUES (?,?,?,?,?,?,?)",
-                       [(f"c{i}", f"t{i}", f"A{i}", "outreach", at, 2, '{"next_step": 1}')
-                        for i in ids])
-        db.executemany("INSERT INTO case_events (case_id, seq, kind, at, data, dedupe_key) "
-                       "VALUES (?,?,?,?,?,?)",
-                       [(f"c{i}", s, k, at, "{}", f"trigger:t{i}" if s == 1 else None)
-                        for i in ids for s, k in ((1, "opened"), (2, "message_requested"))])
-        db.executemany("INSERT INTO timers VALUES (?,?,?)",
-                       [(f"c{i}", name, due) for i in ids
-                        for name, due in (("cadence", "2026-03-03"), ("expire", "2026-03-05"))])
-        db.executemany("INSERT INTO outbox (case_id, kind, idempotency_key, payload, status) "
-                       "VALUES (?,?,?,?,?)",
-                       [(f"c{i}", "message", f"m0:{i}", '{"channel": "email"}', "pending")
-                        for i in ids])
+        db.executemany(
+            "INSERT INTO cases VALUES (?,?,?,?,?,?,?)",
+            [(f"c{i}", f"t{i}", f"A{i}", "outreach", at, 2, '{"next_step": 1}') for i in ids],
+        )
+        db.executemany(
+            "INSERT INTO case_events (case_id, seq, kind, at, data, dedupe_key) "
+            "VALUES (?,?,?,?,?,?)",
+            [
+                (f"c{i}", s, k, at, "{}", f"trigger:t{i}" if s == 1 else None)
+                for i in ids
+                for s, k in ((1, "opened"), (2, "message_requested"))
+            ],
+        )
+        db.executemany(
+            "INSERT INTO timers VALUES (?,?,?)",
+            [
+                (f"c{i}", name, due)
+                for i in ids
+                for name, due in (("cadence", "2026-03-03"), ("expire", "2026-03-05"))
+            ],
+        )
+        db.executemany(
+            "INSERT INTO outbox (case_id, kind, idempotency_key, payload, status) "
+            "VALUES (?,?,?,?,?)",
+            [(f"c{i}", "message", f"m0:{i}", '{"channel": "email"}', "pending") for i in ids],
+        )
         db.execute("COMMIT")
     for i in range(n):
         if not completes(i):
@@ -122,43 +147,62 @@ def run_raw(n: int, folder: Path) -> float:
         for kind, key in (("outcome_submitted", f"submit:{i}"), ("resolved", f"wb:{i}")):
             db.execute("BEGIN IMMEDIATE")
             seq = db.execute("SELECT seq FROM cases WHERE id=?", (f"c{i}",)).fetchone()[0]
-            db.execute("SELECT 1 FROM case_events WHERE case_id=? AND dedupe_key=?",
-                       (f"c{i}", key)).fetchone()
-            db.execute("UPDATE cases SET status=?, seq=?, state=? WHERE id=?",
-                       (kind, seq + 1, '{"outcome": "paid"}', f"c{i}"))
-            db.execute("INSERT INTO case_events (case_id, seq, kind, at, data, dedupe_key) "
-                       "VALUES (?,?,?,?,?,?)", (f"c{i}", seq + 1, kind, at, "{}", key))
+            db.execute(
+                "SELECT 1 FROM case_events WHERE case_id=? AND dedupe_key=?", (f"c{i}", key)
+            ).fetchone()
+            db.execute(
+                "UPDATE cases SET status=?, seq=?, state=? WHERE id=?",
+                (kind, seq + 1, '{"outcome": "paid"}', f"c{i}"),
+            )
+            db.execute(
+                "INSERT INTO case_events (case_id, seq, kind, at, data, dedupe_key) "
+                "VALUES (?,?,?,?,?,?)",
+                (f"c{i}", seq + 1, kind, at, "{}", key),
+            )
             db.execute("DELETE FROM timers WHERE case_id=?", (f"c{i}",))
             if kind == "outcome_submitted":
-                db.execute("INSERT INTO outbox (case_id, kind, idempotency_key, payload, status) "
-                           "VALUES (?,?,?,?,?)", (f"c{i}", "writeback", f"w:{i}", "{}",
-                                                  "pending"))
+                db.execute(
+                    "INSERT INTO outbox (case_id, kind, idempotency_key, payload, status) "
+                    "VALUES (?,?,?,?,?)",
+                    (f"c{i}", "writeback", f"w:{i}", "{}", "pending"),
+                )
             db.execute("COMMIT")
     for now, follow in (("2026-03-03", ("cadence", None)), ("2026-03-05", None)):
         while True:
             db.execute("BEGIN IMMEDIATE")
-            due = db.execute("SELECT case_id, name FROM timers WHERE due_at <= ? "
-                             "ORDER BY due_at LIMIT ?", (now, BATCH)).fetchall()
+            due = db.execute(
+                "SELECT case_id, name FROM timers WHERE due_at <= ? ORDER BY due_at LIMIT ?",
+                (now, BATCH),
+            ).fetchall()
             if not due:
                 db.execute("COMMIT")
                 break
             ids = [c for c, _ in due]
             marks = ",".join("?" * len(ids))
-            rows = db.execute(f"SELECT id, seq, state FROM cases WHERE id IN ({marks})",
-                              ids).fetchall()
-            db.executemany("UPDATE cases SET status=?, seq=?, state=? WHERE id=?",
-                           [("outreach" if follow else "expired", seq + 1, state, cid)
-                            for cid, seq, state in rows])
-            db.executemany("INSERT INTO case_events (case_id, seq, kind, at, data) "
-                           "VALUES (?,?,?,?,?)",
-                           [(cid, seq + 1, "message_requested" if follow else "expired", now,
-                             "{}") for cid, seq, _ in rows])
+            rows = db.execute(
+                f"SELECT id, seq, state FROM cases WHERE id IN ({marks})", ids
+            ).fetchall()
+            db.executemany(
+                "UPDATE cases SET status=?, seq=?, state=? WHERE id=?",
+                [
+                    ("outreach" if follow else "expired", seq + 1, state, cid)
+                    for cid, seq, state in rows
+                ],
+            )
+            db.executemany(
+                "INSERT INTO case_events (case_id, seq, kind, at, data) VALUES (?,?,?,?,?)",
+                [
+                    (cid, seq + 1, "message_requested" if follow else "expired", now, "{}")
+                    for cid, seq, _ in rows
+                ],
+            )
             db.executemany("DELETE FROM timers WHERE case_id=? AND name=?", due)
             if follow:
-                db.executemany("INSERT INTO outbox (case_id, kind, idempotency_key, payload, "
-                               "status) VALUES (?,?,?,?,?)",
-                               [(cid, "message", f"m1:{cid}", '{"channel": "sms"}', "pending")
-                                for cid in ids])
+                db.executemany(
+                    "INSERT INTO outbox (case_id, kind, idempotency_key, payload, "
+                    "status) VALUES (?,?,?,?,?)",
+                    [(cid, "message", f"m1:{cid}", '{"channel": "sms"}', "pending") for cid in ids],
+                )
             else:
                 db.executemany("DELETE FROM timers WHERE case_id=?", [(c,) for c in ids])
             db.execute("COMMIT")
@@ -168,7 +212,7 @@ def run_raw(n: int, folder: Path) -> float:
 
 
 # -- DBOS: the same journey as durable workflows on SQLite ------------------------
-DBOS_SCRIPT = r'''
+DBOS_SCRIPT = r"""
 import json, sys, time
 from dbos import DBOS
 
@@ -210,14 +254,19 @@ elapsed = time.perf_counter() - started
 assert results.count("resolved") == sum(1 for i in range(n) if i % 10 < 3)
 print(json.dumps({"steps_per_second": 3 * n / elapsed}))
 DBOS.destroy()
-'''
+"""
 
 
 def run_dbos(n: int, folder: Path) -> float:
     script = folder / "dbos_journey.py"
     script.write_text(DBOS_SCRIPT)
-    done = subprocess.run([sys.executable, str(script), str(n), str(folder / "dbos.db")],
-                          capture_output=True, text=True, timeout=1800, check=False)
+    done = subprocess.run(
+        [sys.executable, str(script), str(n), str(folder / "dbos.db")],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
     if done.returncode != 0:
         raise SystemExit(f"the DBOS side failed:\n{done.stderr[-2000:]}")
     return float(json.loads(done.stdout.strip().splitlines()[-1])["steps_per_second"])
@@ -226,8 +275,12 @@ def run_dbos(n: int, folder: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=5000)
-    parser.add_argument("--dbos-cases", type=int, default=500,
-                        help="DBOS is slower; a smaller N gives the same rate")
+    parser.add_argument(
+        "--dbos-cases",
+        type=int,
+        default=500,
+        help="DBOS is slower; a smaller N gives the same rate",
+    )
     args = parser.parse_args()
     if args.cases < 10 or args.dbos_cases < 10:
         parser.error("--cases and --dbos-cases must be at least 10")

@@ -14,8 +14,12 @@ import pytest
 
 from tests.acceptance.conftest import CLI
 
-FAILED = {"account_id": "A1", "amount_due": "120.50", "decline_code": "51",
-          "due_date": "2026-03-01"}
+FAILED = {
+    "account_id": "A1",
+    "amount_due": "120.50",
+    "decline_code": "51",
+    "due_date": "2026-03-01",
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +30,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         port = s.getsockname()[1]
     env = {**os.environ, "CLOSELOOP_DATA_DIR": str(here / "data")}
     env.pop("CLOSELOOP_DATABASE_URL", None)
-    process = subprocess.Popen([str(CLI), "serve", "--port", str(port)], cwd=here, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [str(CLI), "serve", "--port", str(port)],
+        cwd=here,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -58,13 +67,18 @@ def test_single_trigger_opens_one_case_idempotently(server: str) -> None:
 
 
 def test_batch_with_a_bad_trigger_is_422_with_paths_and_stores_nothing(server: str) -> None:
-    batch = {"triggers": [
-        {"id": "evt-2", "type": "payment.failed", "data": FAILED},
-        {"id": "evt-3", "type": "payment.failed", "data": {**FAILED, "amount_due": "lots",
-                                                         "extra": 1}},
-        {"id": "evt-4", "type": "payment.failed"},
-        {"type": "payment.failed", "data": FAILED},
-    ]}
+    batch = {
+        "triggers": [
+            {"id": "evt-2", "type": "payment.failed", "data": FAILED},
+            {
+                "id": "evt-3",
+                "type": "payment.failed",
+                "data": {**FAILED, "amount_due": "lots", "extra": 1},
+            },
+            {"id": "evt-4", "type": "payment.failed"},
+            {"type": "payment.failed", "data": FAILED},
+        ]
+    }
     response = httpx.post(f"{server}/v1/triggers", json=batch)
     assert response.status_code == 422
     locs = [tuple(e["loc"]) for e in response.json()["detail"]]
@@ -83,12 +97,20 @@ def test_unknown_event_type_and_unknown_case(server: str) -> None:
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "type"]
     assert httpx.get(f"{server}/v1/cases/case_nope").status_code == 404
-    assert httpx.post(f"{server}/v1/triggers", content=b"{not json",
-                      headers={"content-type": "application/json"}).status_code == 422
+    assert (
+        httpx.post(
+            f"{server}/v1/triggers",
+            content=b"{not json",
+            headers={"content-type": "application/json"},
+        ).status_code
+        == 422
+    )
 
 
 def test_closing_event_over_http(server: str, tmp_path: Path) -> None:
-    response = httpx.post(f"{server}/v1/triggers", json={"id": "pp-1", "type": "payment.posted",
-                                                         "data": {"account_id": "A1"}})
+    response = httpx.post(
+        f"{server}/v1/triggers",
+        json={"id": "pp-1", "type": "payment.posted", "data": {"account_id": "A1"}},
+    )
     assert response.status_code == 200
     assert response.json()["status"] in {"closing_event", "duplicate"}

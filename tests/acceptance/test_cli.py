@@ -20,18 +20,22 @@ def test_spec_validate_accepts_the_example(workdir: Path) -> None:
 
 def test_spec_validate_reports_every_problem_with_position(workdir: Path) -> None:
     broken = workdir / "broken.yaml"
-    broken.write_text(EXAMPLE.read_text()
-                      .replace("max_attempts: 3", "max_attempts: 3\n  colour: red")
-                      .replace("rule: case.amount_due > 0.0", "rule: case.amount_due >")
-                      .replace("template: declined_card_sms,", "template: nope,"))
+    broken.write_text(
+        EXAMPLE.read_text()
+        .replace("max_attempts: 3", "max_attempts: 3\n  colour: red")
+        .replace("rule: case.amount_due > 0.0", "rule: case.amount_due >")
+        .replace("template: declined_card_sms,", "template: nope,")
+    )
     done = run("spec", "validate", str(broken), cwd=workdir)
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.startswith(str(broken))]
     assert len(lines) == 1  # structure first: unknown key
     assert re.match(rf"{re.escape(str(broken))}:\d+:3: identity.colour: unknown key", lines[0])
-    broken.write_text(EXAMPLE.read_text()
-                      .replace("rule: case.amount_due > 0.0", "rule: case.amount_due >")
-                      .replace("template: declined_card_sms,", "template: nope,"))
+    broken.write_text(
+        EXAMPLE.read_text()
+        .replace("rule: case.amount_due > 0.0", "rule: case.amount_due >")
+        .replace("template: declined_card_sms,", "template: nope,")
+    )
     done = run("spec", "validate", str(broken), "--json", cwd=workdir)
     assert done.returncode == 2
     problems = json.loads(done.stdout)["problems"]
@@ -47,26 +51,35 @@ def test_spec_explain_prints_the_review_page(workdir: Path) -> None:
 
 
 def test_demo_json_summary_and_same_seed_same_summary(workdir: Path) -> None:
-    first = demo_json("--accounts", "150", "--days", "10", "--out", str(workdir / "a"),
-                      cwd=workdir)
-    second = demo_json("--accounts", "150", "--days", "10", "--out", str(workdir / "b"),
-                       cwd=workdir)
-    for key in ("accounts", "cases", "terminal_states", "completion_rate",
-                "median_time_to_resolution_hours", "writeback_success_rate", "exception_rate",
-                "deflection_rate", "messages_sent", "database"):
+    first = demo_json("--accounts", "150", "--days", "10", "--out", str(workdir / "a"), cwd=workdir)
+    second = demo_json(
+        "--accounts", "150", "--days", "10", "--out", str(workdir / "b"), cwd=workdir
+    )
+    for key in (
+        "accounts",
+        "cases",
+        "terminal_states",
+        "completion_rate",
+        "median_time_to_resolution_hours",
+        "writeback_success_rate",
+        "exception_rate",
+        "deflection_rate",
+        "messages_sent",
+        "database",
+    ):
         assert key in first
     assert first["cases"] == sum(first["terminal_states"].values()) and first["live_cases"] == 0
     assert first["duplicate_writebacks"] == 0
     first.pop("database"), second.pop("database")
     assert first == second
-    third = demo_json("--accounts", "150", "--days", "10", "--seed", "8", "--out",
-                      str(workdir / "c"), cwd=workdir)
+    third = demo_json(
+        "--accounts", "150", "--days", "10", "--seed", "8", "--out", str(workdir / "c"), cwd=workdir
+    )
     assert third["messages_sent"] != first["messages_sent"]
 
 
 def test_demo_prints_a_table_for_people(workdir: Path) -> None:
-    done = run("demo", "--accounts", "60", "--days", "5", "--out", str(workdir / "d"),
-               cwd=workdir)
+    done = run("demo", "--accounts", "60", "--days", "5", "--out", str(workdir / "d"), cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert "completion rate" in done.stdout and "report.json" in done.stdout
 
@@ -98,8 +111,9 @@ def test_ingest_reports_bad_rows_by_line_and_keeps_good_ones(workdir: Path) -> N
     again = json.loads(run("ingest", str(batch), "--json", cwd=workdir).stdout)
     assert again["created"] == 0 and again["duplicate"] == 3
     lines = workdir / "posted.jsonl"
-    lines.write_text('{"id": "p1", "type": "payment.posted", "data": {"account_id": "A1"}}\n'
-                     "{not json\n")
+    lines.write_text(
+        '{"id": "p1", "type": "payment.posted", "data": {"account_id": "A1"}}\n{not json\n'
+    )
     done = run("ingest", str(lines), "--json", cwd=workdir)
     report = json.loads(done.stdout)
     assert report["closing_events"] == 1 and report["cases_closed"] == 1

@@ -35,26 +35,40 @@ def sim_day(world: Path) -> float:
 def invariants(out: Path) -> None:
     engine = sqlite3.connect(out / "closeloop.db")
     world = sqlite3.connect(out / "world.db")
-    terminal = ("resolved", "resolved_elsewhere", "ineligible", "not_enrolled", "opted_out",
-                "expired", "exception")
+    terminal = (
+        "resolved",
+        "resolved_elsewhere",
+        "ineligible",
+        "not_enrolled",
+        "opted_out",
+        "expired",
+        "exception",
+    )
     marks = ",".join("?" * len(terminal))
-    live = engine.execute(f"SELECT count(*) FROM cases WHERE status NOT IN ({marks})",
-                          terminal).fetchone()[0]
+    live = engine.execute(
+        f"SELECT count(*) FROM cases WHERE status NOT IN ({marks})", terminal
+    ).fetchone()[0]
     assert live == 0, "every case ends in exactly one terminal state"
     closing = engine.execute(
         "SELECT case_id, count(*) FROM case_events WHERE kind IN "
-        f"({marks}) GROUP BY case_id HAVING count(*) <> 1", terminal).fetchall()
+        f"({marks}) GROUP BY case_id HAVING count(*) <> 1",
+        terminal,
+    ).fetchall()
     assert closing == [], "one terminal transition per case"
-    sent = engine.execute("SELECT count(*) FROM outbox WHERE kind='message' AND status='done'"
-                          ).fetchone()[0]
+    sent = engine.execute(
+        "SELECT count(*) FROM outbox WHERE kind='message' AND status='done'"
+    ).fetchone()[0]
     delivered = world.execute("SELECT count(*) FROM sink_messages").fetchone()[0]
     assert sent == delivered, "each message intent delivered once"
     effects = world.execute("SELECT count(*) FROM sor_ledger").fetchone()[0]
-    done = engine.execute("SELECT count(*) FROM outbox WHERE kind='writeback' AND status='done'"
-                          ).fetchone()[0]
+    done = engine.execute(
+        "SELECT count(*) FROM outbox WHERE kind='writeback' AND status='done'"
+    ).fetchone()[0]
     assert effects == done, "each writeback has exactly one effect"
-    doubled = world.execute("SELECT count(*) FROM (SELECT case_id, operation FROM sor_ledger "
-                            "GROUP BY case_id, operation HAVING count(*) > 1)").fetchone()[0]
+    doubled = world.execute(
+        "SELECT count(*) FROM (SELECT case_id, operation FROM sor_ledger "
+        "GROUP BY case_id, operation HAVING count(*) > 1)"
+    ).fetchone()[0]
     assert doubled == 0
 
 
@@ -69,13 +83,19 @@ def unbroken(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_at_day", [1.5, 4, 9])
-def test_sigkill_then_resume_matches_an_unbroken_run(workdir: Path, kill_at_day: float,
-                                                     unbroken: dict[str, object]) -> None:
+def test_sigkill_then_resume_matches_an_unbroken_run(
+    workdir: Path, kill_at_day: float, unbroken: dict[str, object]
+) -> None:
     out = workdir / "crashed"
     env = {**os.environ, "CLOSELOOP_DATA_DIR": str(workdir / "data")}
     env.pop("CLOSELOOP_DATABASE_URL", None)
-    victim = subprocess.Popen([str(CLI), "demo", "--json", *ARGS, "--out", str(out)], cwd=workdir,
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    victim = subprocess.Popen(
+        [str(CLI), "demo", "--json", *ARGS, "--out", str(out)],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while sim_day(out / "world.db") < kill_at_day and victim.poll() is None:
         assert time.monotonic() < deadline, "the demo did not get going"
@@ -92,6 +112,15 @@ def test_sigkill_then_resume_matches_an_unbroken_run(workdir: Path, kill_at_day:
 
 def test_resume_with_other_options_is_refused(workdir: Path) -> None:
     demo_json("--accounts", "40", "--days", "3", "--out", str(workdir / "r"), cwd=workdir)
-    done = run("demo", "--accounts", "41", "--days", "3", "--out", str(workdir / "r"), "--resume",
-               cwd=workdir)
+    done = run(
+        "demo",
+        "--accounts",
+        "41",
+        "--days",
+        "3",
+        "--out",
+        str(workdir / "r"),
+        "--resume",
+        cwd=workdir,
+    )
     assert done.returncode == 2 and "same options" in done.stderr

@@ -19,19 +19,29 @@ from closeloop.store.database import current_revision
 from tests.conftest import EXAMPLE, NOW
 
 ACCOUNT = {
-    "account_id": "A1", "first_name": "Ana", "time_zone": "America/New_York",
-    "facts": {"flags": [], "balance": 300.0, "state": "NY", "product": "card",
-              "days_past_due": 4},
-    "contacts": [{"channel": "email", "address": "ana@example.com", "consent": True},
-                 {"channel": "sms", "address": "+12125550123", "consent": True}],
+    "account_id": "A1",
+    "first_name": "Ana",
+    "time_zone": "America/New_York",
+    "facts": {"flags": [], "balance": 300.0, "state": "NY", "product": "card", "days_past_due": 4},
+    "contacts": [
+        {"channel": "email", "address": "ana@example.com", "consent": True},
+        {"channel": "sms", "address": "+12125550123", "consent": True},
+    ],
     "secrets": {"date_of_birth": "1980-02-03", "postal_code": "10001"},
 }
 
 
 def trigger(ident: str = "t1", account: str = "A1", amount: str = "120.50") -> TriggerIn:
-    return TriggerIn(id=ident, type="payment.failed",
-                     data={"account_id": account, "amount_due": amount, "decline_code": "51",
-                           "due_date": "2026-03-01"})
+    return TriggerIn(
+        id=ident,
+        type="payment.failed",
+        data={
+            "account_id": account,
+            "amount_due": amount,
+            "decline_code": "51",
+            "due_date": "2026-03-01",
+        },
+    )
 
 
 @pytest.fixture
@@ -65,8 +75,7 @@ def test_intake_is_idempotent_on_the_trigger_id(app: App) -> None:
 
 
 def test_a_bad_trigger_names_the_field_and_writes_nothing(app: App) -> None:
-    bad = TriggerIn(id="t9", type="payment.failed", data={"account_id": "A1",
-                                                          "amount_due": "lots"})
+    bad = TriggerIn(id="t9", type="payment.failed", data={"account_id": "A1", "amount_due": "lots"})
     with pytest.raises(TriggerError) as info:
         app.runtime.intake([trigger("t8"), bad])
     locs = [e["loc"] for e in info.value.field_errors]
@@ -106,10 +115,12 @@ def test_the_customer_resolves_from_the_message(app: App, clock: SimClock) -> No
     assert app.service.redeem(token, key="k-open") == visit  # the same action again
     with pytest.raises(NotFound):
         app.service.redeem(token, key="another-visit")  # single use
-    assert not app.service.verify_identity(visit.case_id, {"date_of_birth": "1999-01-01",
-                                                            "postal_code": "10001"}, key="k-1")
-    assert app.service.verify_identity(visit.case_id, {"date_of_birth": "1980-02-03",
-                                                        "postal_code": "10001"}, key="k-2")
+    assert not app.service.verify_identity(
+        visit.case_id, {"date_of_birth": "1999-01-01", "postal_code": "10001"}, key="k-1"
+    )
+    assert app.service.verify_identity(
+        visit.case_id, {"date_of_birth": "1980-02-03", "postal_code": "10001"}, key="k-2"
+    )
     with pytest.raises(StateError, match="between"):
         app.service.submit(visit.case_id, "pay_now", {"amount": "1"}, key="k-3")
     app.service.submit(visit.case_id, "pay_now", {"amount": "120.50"}, key="k-4")
@@ -134,8 +145,9 @@ def test_retried_writebacks_have_no_second_effect(app: App, clock: SimClock) -> 
     app.ledger.error_rate = 0.7
     app.ledger.timeout_rate = 0.5
     (result,) = app.runtime.intake([trigger()])
-    app.service.verify_identity(result.case_id, {"date_of_birth": "1980-02-03",
-                                                 "postal_code": "10001"}, key="v")
+    app.service.verify_identity(
+        result.case_id, {"date_of_birth": "1980-02-03", "postal_code": "10001"}, key="v"
+    )
     app.service.submit(result.case_id, "update_card", {"token_ref": "tok_1"}, key="s")
     for _ in range(40):
         app.work()
@@ -155,8 +167,9 @@ def test_a_lease_held_by_a_dead_worker_is_released(app: App, clock: SimClock) ->
 
 
 @pytest.mark.postgres
-def test_concurrent_workers_never_claim_the_same_timer(postgres_url: str, tmp_path: Path,
-                                                       clock: SimClock) -> None:
+def test_concurrent_workers_never_claim_the_same_timer(
+    postgres_url: str, tmp_path: Path, clock: SimClock
+) -> None:
     settings = Settings(data_dir=tmp_path, database_url=postgres_url, workflows=[EXAMPLE])
     app = build(settings, clock=clock)
     accounts = [{**ACCOUNT, "account_id": f"B{i}"} for i in range(60)]

@@ -31,8 +31,7 @@ from closeloop.spec import CompiledSpec
 from closeloop.testing import account, case_for
 from tests.conftest import NOW
 
-DATA = {"account_id": "A1", "amount_due": "120.50", "decline_code": "51",
-        "due_date": "2026-03-01"}
+DATA = {"account_id": "A1", "amount_due": "120.50", "decline_code": "51", "due_date": "2026-03-01"}
 
 
 def opened(compiled: CompiledSpec, **kw: object) -> Decision:
@@ -102,8 +101,12 @@ def test_no_consent_for_a_channel_falls_back_or_skips(compiled: CompiledSpec) ->
 
 def test_undeliverable_whatsapp_falls_back_to_email(compiled: CompiledSpec) -> None:
     case = opened(compiled).case.evolve(next_step=3)
-    d = step(case, MessageFailed(message_id="m", channel="whatsapp", step=2, reason="blocked"),
-             compiled, NOW)
+    d = step(
+        case,
+        MessageFailed(message_id="m", channel="whatsapp", step=2, reason="blocked"),
+        compiled,
+        NOW,
+    )
     (message,) = d.intents
     assert isinstance(message, SendMessage) and message.channel == "email"
 
@@ -120,14 +123,21 @@ def test_identity_locks_after_max_attempts(compiled: CompiledSpec) -> None:
         case = d.case
     assert case.status is Status.EXCEPTION
     (exc,) = [i for i in d.intents if isinstance(i, OpenException)]
-    assert (exc.reason, exc.queue, exc.due_at) == ("identity_locked", "fraud_review",
-                                                   NOW + timedelta(hours=4))
+    assert (exc.reason, exc.queue, exc.due_at) == (
+        "identity_locked",
+        "fraud_review",
+        NOW + timedelta(hours=4),
+    )
 
 
 def test_submission_needs_identity_and_bounds(compiled: CompiledSpec) -> None:
     case = opened(compiled).case
-    assert step(case, OutcomeSubmitted(option="pay_now", values={"amount": "50"}), compiled,
-                NOW).rejected == "identity must be confirmed first"
+    assert (
+        step(
+            case, OutcomeSubmitted(option="pay_now", values={"amount": "50"}), compiled, NOW
+        ).rejected
+        == "identity must be confirmed first"
+    )
     case = verified(compiled)
     low = step(case, OutcomeSubmitted(option="pay_now", values={"amount": "10"}), compiled, NOW)
     assert low.rejected == "amount must be between 30.13 and 120.50"
@@ -136,17 +146,18 @@ def test_submission_needs_identity_and_bounds(compiled: CompiledSpec) -> None:
 
 def test_paid_outcome_requests_each_writeback_once_then_resolves(compiled: CompiledSpec) -> None:
     case = verified(compiled)
-    d = step(case, OutcomeSubmitted(option="pay_now", values={"amount": "120.50"}), compiled,
-             NOW)
+    d = step(case, OutcomeSubmitted(option="pay_now", values={"amount": "120.50"}), compiled, NOW)
     writebacks = [i for i in d.intents if isinstance(i, RequestWriteback)]
     assert [w.operation for w in writebacks] == ["post_payment", "clear_flag", "add_note"]
     assert writebacks[1].argument == "past_due"
     assert d.case.status is Status.WRITING_BACK and d.cancel_timers
     assert d.history[-1].data["evidence"]["amount"] == "120.50"
-    again = step(case, OutcomeSubmitted(option="pay_now", values={"amount": "120.50"}), compiled,
-                 NOW)
+    again = step(
+        case, OutcomeSubmitted(option="pay_now", values={"amount": "120.50"}), compiled, NOW
+    )
     assert [w.idempotency_key for w in writebacks] == [
-        w.idempotency_key for w in again.intents if isinstance(w, RequestWriteback)]
+        w.idempotency_key for w in again.intents if isinstance(w, RequestWriteback)
+    ]
     case = d.case
     for w in writebacks:
         case = step(case, WritebackSucceeded(operation_key=w.idempotency_key), compiled, NOW).case
@@ -158,19 +169,25 @@ def test_large_payment_needs_a_one_time_code(compiled: CompiledSpec) -> None:
     case = case_for(compiled, data, account("A1"), now=NOW)
     case = step(case, Opened(), compiled, NOW).case
     case = step(case, IdentityChecked(passed=True, method="known_facts"), compiled, NOW).case
-    no_code = step(case, OutcomeSubmitted(option="pay_now", values={"amount": "600"}), compiled,
-                   NOW)
+    no_code = step(
+        case, OutcomeSubmitted(option="pay_now", values={"amount": "600"}), compiled, NOW
+    )
     assert no_code.rejected == "a one-time code is required for this action"
-    ok = step(case, OutcomeSubmitted(option="pay_now", values={"amount": "600"},
-                                     one_time_code_verified=True), compiled, NOW)
+    ok = step(
+        case,
+        OutcomeSubmitted(option="pay_now", values={"amount": "600"}, one_time_code_verified=True),
+        compiled,
+        NOW,
+    )
     assert ok.case.status is Status.WRITING_BACK
 
 
 def test_failed_writeback_opens_an_exception(compiled: CompiledSpec) -> None:
     d = step(verified(compiled), OutcomeSubmitted(option="update_card"), compiled, NOW)
     key = next(i for i in d.intents if isinstance(i, RequestWriteback)).idempotency_key
-    d = step(d.case, WritebackFailed(operation_key=key, reason="422 account is closed"),
-             compiled, NOW)
+    d = step(
+        d.case, WritebackFailed(operation_key=key, reason="422 account is closed"), compiled, NOW
+    )
     assert d.case.status is Status.EXCEPTION
     assert any(isinstance(i, OpenException) and i.queue == "billing_ops" for i in d.intents)
 
@@ -178,8 +195,7 @@ def test_failed_writeback_opens_an_exception(compiled: CompiledSpec) -> None:
 def test_payment_posted_elsewhere_closes_the_case(compiled: CompiledSpec) -> None:
     d = step(opened(compiled).case, BackendEvent(type="payment.posted"), compiled, NOW)
     assert d.case.status is Status.RESOLVED_ELSEWHERE
-    assert step(opened(compiled).case, BackendEvent(type="card.expired"), compiled,
-                NOW).rejected
+    assert step(opened(compiled).case, BackendEvent(type="card.expired"), compiled, NOW).rejected
 
 
 def test_dispute_goes_to_its_queue(compiled: CompiledSpec) -> None:
@@ -189,8 +205,11 @@ def test_dispute_goes_to_its_queue(compiled: CompiledSpec) -> None:
 
 def test_a_closed_case_rejects_everything(compiled: CompiledSpec) -> None:
     closed = opened(compiled, flags=["bankruptcy"]).case
-    for event in (TimerFired(name=CADENCE), LinkOpened(channel="sms"),
-                  BackendEvent(type="payment.posted")):
+    for event in (
+        TimerFired(name=CADENCE),
+        LinkOpened(channel="sms"),
+        BackendEvent(type="payment.posted"),
+    ):
         d = step(closed, event, compiled, NOW)
         assert d.rejected and d.case == closed and not d.history
 

@@ -29,7 +29,11 @@ def line_of(text: str, needle: str) -> int:
 def test_example_validates_and_compiles_rules_once() -> None:
     compiled = load_spec_file(EXAMPLE)
     assert compiled.key == "failed_payment@1"
-    assert [r.name for r in compiled.eligibility] == ["has_balance", "no_legal_hold", "not_deceased"]
+    assert [r.name for r in compiled.eligibility] == [
+        "has_balance",
+        "no_legal_hold",
+        "not_deceased",
+    ]
     assert compiled.bounds["pay_now"][0] is not None
 
 
@@ -45,8 +49,9 @@ def test_bad_types_and_enums_are_all_reported() -> None:
     found = problems_of(text)
     line = line_of(text, "version: one")
     assert any(p.startswith(f"bad.yaml:{line}:10: version:") for p in found)
-    assert any("channel: expected one of 'email', 'sms', 'whatsapp' or 'webhook'" in p
-               for p in found)
+    assert any(
+        "channel: expected one of 'email', 'sms', 'whatsapp' or 'webhook'" in p for p in found
+    )
 
 
 def test_cel_syntax_error_has_column_inside_the_rule() -> None:
