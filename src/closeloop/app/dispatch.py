@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -21,6 +21,7 @@ from closeloop.app.runtime import Runtime
 from closeloop.channels import Channel, OutgoingMessage, SendResult, render_message
 from closeloop.connectors import Connector, WritebackResult
 from closeloop.engine import (
+    Case,
     Event,
     MessageFailed,
     MessageSent,
@@ -30,7 +31,7 @@ from closeloop.engine import (
 )
 from closeloop.errors import InputError
 from closeloop.ids import rng_for
-from closeloop.store import Applied, OutboxItem
+from closeloop.store import Applied, OutboxItem, Tx
 
 log = structlog.get_logger("closeloop.dispatch")
 LEASE = timedelta(minutes=5)
@@ -93,7 +94,8 @@ class Dispatcher:
             results.append((item, channel.send(message)))
         now = self.runtime.clock.now()
         with self.runtime.store.transaction() as tx:
-            batch, cases = [], tx.load_cases(sorted({i.case_id for i, _ in results}))
+            batch: list[Applied] = []
+            cases = tx.load_cases(sorted({i.case_id for i, _ in results}))
             for item, result in results:
                 payload = item.payload
                 if result.status == "retry" and item.attempts + 1 < self.retry.max_attempts:
@@ -126,14 +128,26 @@ class Dispatcher:
                         reason=result.reason,
                         key=f"outbox:{item.id}",
                     )
-                case = cases.get(item.case_id)
-                if case is None or tx.seen(case.id, f"outbox:{item.id}"):
-                    continue
-                decision = step(case, event, self.runtime.spec_for(case, tx), now)
-                cases[case.id] = decision.case
-                batch.append(Applied(decision=decision, dedupe_key=event.key))
+                self._feed_back(tx, cases, item, event, batch, now)
             tx.commit_decisions(batch, now)
         return len(claimed)
+
+    def _feed_back(
+        self,
+        tx: Tx,
+        cases: dict[str, Case],
+        item: OutboxItem,
+        event: Event,
+        batch: list[Applied],
+        now: datetime,
+    ) -> None:
+        """Apply a dispatch result to its case, once (keyed by the outbox row)."""
+        case = cases.get(item.case_id)
+        if case is None or tx.seen(case.id, f"outbox:{item.id}"):
+            return
+        decision = step(case, event, self.runtime.spec_for(case, tx), now)
+        cases[case.id] = decision.case
+        batch.append(Applied(decision=decision, dedupe_key=event.key))
 
     def _lease(self, kind: str, limit: int) -> tuple[list[OutboxItem], dict[int, OutgoingMessage]]:
         now = self.runtime.clock.now()
@@ -200,7 +214,8 @@ class Dispatcher:
             results.append((item, result))
         now = self.runtime.clock.now()
         with self.runtime.store.transaction() as tx:
-            batch, cases = [], tx.load_cases(sorted({i.case_id for i, _ in results}))
+            batch: list[Applied] = []
+            cases = tx.load_cases(sorted({i.case_id for i, _ in results}))
             for item, result in results:
                 if (
                     not result.ok
@@ -232,11 +247,6 @@ class Dispatcher:
                     event = WritebackFailed(
                         operation_key=item.idempotency_key, reason=reason, key=f"outbox:{item.id}"
                     )
-                case = cases.get(item.case_id)
-                if case is None or tx.seen(case.id, f"outbox:{item.id}"):
-                    continue
-                decision = step(case, event, self.runtime.spec_for(case, tx), now)
-                cases[case.id] = decision.case
-                batch.append(Applied(decision=decision, dedupe_key=event.key))
+                self._feed_back(tx, cases, item, event, batch, now)
             tx.commit_decisions(batch, now)
         return len(claimed)

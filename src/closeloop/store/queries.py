@@ -6,6 +6,8 @@ prebuilt one with bound parameters, and these run for every case step.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
 from closeloop.store.tables import case_events, cases, links, outbox, timers
@@ -43,13 +45,23 @@ due_timers = (
 due_timers_locked = due_timers.with_for_update(skip_locked=True)
 next_timer = sa.select(sa.func.min(timers.c.due_at))
 
-_outbox_due = sa.and_(
-    outbox.c.kind == sa.bindparam("kind"),
-    outbox.c.status == "pending",
-    outbox.c.next_attempt_at <= _now,
-    sa.or_(outbox.c.leased_until.is_(None), outbox.c.leased_until <= _now),
+
+def _outbox_due(kind: Any) -> sa.ColumnElement[bool]:
+    """Pending, due, and not leased by a live worker."""
+    return sa.and_(
+        outbox.c.kind == kind,
+        outbox.c.status == "pending",
+        outbox.c.next_attempt_at <= _now,
+        sa.or_(outbox.c.leased_until.is_(None), outbox.c.leased_until <= _now),
+    )
+
+
+due_outbox = (
+    sa.select(outbox)
+    .where(_outbox_due(sa.bindparam("kind")))
+    .order_by(outbox.c.id)
+    .limit(sa.bindparam("limit"))
 )
-due_outbox = sa.select(outbox).where(_outbox_due).order_by(outbox.c.id).limit(sa.bindparam("limit"))
 due_outbox_locked = due_outbox.with_for_update(skip_locked=True)
 next_outbox = sa.select(
     sa.func.min(sa.func.coalesce(outbox.c.leased_until, outbox.c.next_attempt_at))
@@ -90,18 +102,7 @@ def _exists(where: sa.ColumnElement[bool], table: sa.Table) -> sa.ColumnElement[
 # One round trip to learn which kinds of work are due.
 due_work = sa.select(
     _exists(timers.c.due_at <= _now, timers).label("timers"),
-    *[
-        _exists(
-            sa.and_(
-                outbox.c.kind == kind,
-                outbox.c.status == "pending",
-                outbox.c.next_attempt_at <= _now,
-                sa.or_(outbox.c.leased_until.is_(None), outbox.c.leased_until <= _now),
-            ),
-            outbox,
-        ).label(kind)
-        for kind in ("message", "writeback")
-    ],
+    *[_exists(_outbox_due(kind), outbox).label(kind) for kind in ("message", "writeback")],
 )
 
 link_by_hash = sa.select(links).where(links.c.token_hash == sa.bindparam("token_hash"))
