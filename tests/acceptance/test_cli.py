@@ -132,3 +132,14 @@ def test_readme_quick_start_names_the_two_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "python3 tasks.py demo" in readme and "python3 tasks.py test" in readme
     assert "python3 tasks.py test" in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.postgres
+def test_demo_on_postgresql_matches_sqlite(workdir: Path, postgres_url: str) -> None:
+    args = ("--accounts", "80", "--days", "6", "--seed", "3")
+    on_sqlite = demo_json(*args, "--out", str(workdir / "lite"), cwd=workdir)
+    on_postgres = demo_json(*args, "--out", str(workdir / "pg"), cwd=workdir,
+                            env={"CLOSELOOP_DATABASE_URL": postgres_url})
+    assert on_postgres["database"].startswith("postgresql")
+    on_sqlite.pop("database"), on_postgres.pop("database")
+    assert on_postgres == on_sqlite
