@@ -320,6 +320,9 @@ def demo(
             task = bar.add_task("demo", total=days)
             sim.run(lambda done, total: bar.update(task, completed=done))
         summary = summarize(app, params, database)
+        example = next(
+            (c.id for c in app.store.read().all_cases() if c.status.value == "resolved"), None
+        )
     finally:
         app.close()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -328,6 +331,13 @@ def demo(
         print(json.dumps(summary))
         return
     _print_summary(summary, out_dir)
+    if example:
+        out.print(
+            f"one resolved case, with its whole history:\n"
+            f"  CLOSELOOP_DATA_DIR={out_dir} closeloop case show {example}",
+            markup=False,
+            highlight=False,
+        )
 
 
 def _reset_database(url: str) -> None:
@@ -373,7 +383,7 @@ def _print_summary(s: dict[str, Any], out_dir: Path) -> None:
     out.print(f"messages sent: {sent}")
     out.print(f"database: {s['database']}")
     out.print(f"report:   {out_dir / 'report.json'}")
-    out.print("next: closeloop case show CASE_ID --json, or see docs/demo.md")
+    out.print("what the numbers mean: docs/demo.md")
 
 
 def main() -> None:
