@@ -264,10 +264,10 @@ class Runtime:
         if tx is None:
             with self.store.transaction() as own:
                 return self.apply(case_id, event, tx=own)
-        case = tx.load_case(case_id, lock=True)
+        case, seen = tx.load_case_for_event(case_id, event.key)
         if case is None:
             raise NotFound(f"no case {case_id}")
-        if event.key and tx.seen(case_id, event.key):
+        if seen:
             return Decision(case=case, rejected="already applied")
         decision = step(case, event, self.spec_for(case, tx), self.clock.now())
         tx.commit_decisions([Applied(decision=decision, dedupe_key=event.key)], self.clock.now())

@@ -30,6 +30,15 @@ seen = (
     )
     .limit(1)
 )
+case_with_seen = sa.select(
+    cases,
+    sa.exists(
+        sa.select(sa.literal(1)).where(
+            case_events.c.case_id == cases.c.id, case_events.c.dedupe_key == sa.bindparam("key")
+        )
+    ).label("seen"),
+).where(cases.c.id == sa.bindparam("case_id"))
+case_with_seen_locked = case_with_seen.with_for_update(of=cases)
 history = (
     sa.select(case_events)
     .where(case_events.c.case_id == sa.bindparam("case_id"))

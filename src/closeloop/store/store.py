@@ -144,6 +144,15 @@ class Tx:
         row = self.c.execute(stmt, {"case_id": case_id}).first()
         return case_from_row(row._mapping) if row else None
 
+    def load_case_for_event(self, case_id: str, key: str | None) -> tuple[Case | None, bool]:
+        """The case, locked for update, and whether an event with `key` was applied to it."""
+        locked = self.dialect == "postgresql"
+        stmt = q.case_with_seen_locked if locked else q.case_with_seen
+        row = self.c.execute(stmt, {"case_id": case_id, "key": key or ""}).first()
+        if row is None:
+            return None, False
+        return case_from_row(row._mapping), bool(key) and bool(row.seen)
+
     def load_cases(self, case_ids: Sequence[str]) -> dict[str, Case]:
         if not case_ids:
             return {}
