@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import sqlalchemy
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -392,3 +393,8 @@ def main() -> None:
     except CloseloopError as exc:
         err.print(f"error: {exc}", style="red", markup=False, highlight=False)
         sys.exit(exc.exit_code)
+    except sqlalchemy.exc.OperationalError as exc:
+        err.print(
+            f"error: the database failed: {exc.orig}", style="red", markup=False, highlight=False
+        )
+        sys.exit(1)

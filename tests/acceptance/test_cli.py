@@ -138,8 +138,24 @@ def test_readme_quick_start_names_the_two_commands() -> None:
 def test_demo_on_postgresql_matches_sqlite(workdir: Path, postgres_url: str) -> None:
     args = ("--accounts", "80", "--days", "6", "--seed", "3")
     on_sqlite = demo_json(*args, "--out", str(workdir / "lite"), cwd=workdir)
-    on_postgres = demo_json(*args, "--out", str(workdir / "pg"), cwd=workdir,
-                            env={"CLOSELOOP_DATABASE_URL": postgres_url})
+    on_postgres = demo_json(
+        *args,
+        "--out",
+        str(workdir / "pg"),
+        cwd=workdir,
+        env={"CLOSELOOP_DATABASE_URL": postgres_url},
+    )
     assert on_postgres["database"].startswith("postgresql")
     on_sqlite.pop("database"), on_postgres.pop("database")
     assert on_postgres == on_sqlite
+
+
+def test_unreachable_database_is_a_failure_without_traceback(workdir: Path) -> None:
+    done = run(
+        "db",
+        "upgrade",
+        cwd=workdir,
+        env={"CLOSELOOP_DATABASE_URL": "postgresql://127.0.0.1:1/nope"},
+    )
+    assert done.returncode == 1
+    assert "database upgrade failed" in done.stderr and "Traceback" not in done.stderr
