@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from closeloop.store.tables import case_events, cases, links, outbox, timers
 
@@ -120,3 +121,28 @@ use_link = (
     .where(links.c.token_hash == sa.bindparam("b_hash"), links.c.used_at.is_(None))
     .values(used_at=sa.bindparam("b_now"))
 )
+
+# Writing decisions (executemany).
+UPDATE_CASE_KEYS = ("b_id", "status", "cohort", "updated_at", "closed_at", "seq", "state")
+update_case = (
+    cases.update()
+    .where(cases.c.id == sa.bindparam("b_id"))
+    .values({key: sa.bindparam(key) for key in UPDATE_CASE_KEYS if key != "b_id"})
+)
+delete_timer = timers.delete().where(
+    timers.c.case_id == sa.bindparam("b_case"), timers.c.name == sa.bindparam("b_name")
+)
+delete_case_timers = timers.delete().where(timers.c.case_id == sa.bindparam("b_case"))
+
+
+def _upsert_timer(insert: Any) -> Any:
+    stmt = insert(timers)
+    return stmt.on_conflict_do_update(
+        index_elements=["case_id", "name"], set_={"due_at": stmt.excluded.due_at}
+    )
+
+
+upsert_timer = {
+    "postgresql": _upsert_timer(postgresql.insert),
+    "sqlite": _upsert_timer(sqlite.insert),
+}

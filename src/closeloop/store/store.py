@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from closeloop.engine import (
     Case,
@@ -264,61 +263,19 @@ class Tx:
         if inserts:
             c.execute(cases.insert(), inserts)
         if updates:
-            stmt = (
-                cases.update()
-                .where(cases.c.id == sa.bindparam("b_id"))
-                .values(
-                    status=sa.bindparam("status"),
-                    cohort=sa.bindparam("cohort"),
-                    updated_at=sa.bindparam("updated_at"),
-                    closed_at=sa.bindparam("closed_at"),
-                    seq=sa.bindparam("seq"),
-                    state=sa.bindparam("state"),
-                )
-            )
-            c.execute(
-                stmt,
-                [
-                    {
-                        k: u[k]
-                        for k in (
-                            "b_id",
-                            "status",
-                            "cohort",
-                            "updated_at",
-                            "closed_at",
-                            "seq",
-                            "state",
-                        )
-                    }
-                    for u in updates
-                ],
-            )
+            c.execute(q.update_case, [{k: u[k] for k in q.UPDATE_CASE_KEYS} for u in updates])
         if events:
             c.execute(case_events.insert(), events)
         if fired:
-            c.execute(
-                timers.delete().where(
-                    timers.c.case_id == sa.bindparam("b_case"),
-                    timers.c.name == sa.bindparam("b_name"),
-                ),
-                fired,
-            )
+            c.execute(q.delete_timer, fired)
         if deletes:
-            c.execute(timers.delete().where(timers.c.case_id == sa.bindparam("b_case")), deletes)
+            c.execute(q.delete_case_timers, deletes)
         if timer_rows:
-            c.execute(self._upsert_timer(), timer_rows)
+            c.execute(q.upsert_timer[self.dialect], timer_rows)
         if boxes:
             c.execute(outbox.insert(), boxes)
         if excs:
             c.execute(exceptions.insert(), excs)
-
-    def _upsert_timer(self) -> Any:
-        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        stmt = dialect_insert(timers)
-        return stmt.on_conflict_do_update(
-            index_elements=["case_id", "name"], set_={"due_at": stmt.excluded.due_at}
-        )
 
     # -- due work ----------------------------------------------------------
     def claim_due_timers(self, now: datetime, limit: int) -> list[tuple[str, str]]:
