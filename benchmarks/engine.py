@@ -81,7 +81,8 @@ def run_closeloop(n: int, folder: Path) -> float:
         while runtime.run_due_timers(BATCH):
             pass
     elapsed = time.perf_counter() - started
-    counts = store.read().status_counts()
+    with store.read() as tx:
+        counts = tx.status_counts()
     expected = {
         "resolved": sum(map(completes, range(n))),
         "expired": n - sum(map(completes, range(n))),

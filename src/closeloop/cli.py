@@ -24,6 +24,7 @@ from rich.table import Table
 from closeloop.app import Settings, TriggerIn, build
 from closeloop.app.settings import EXAMPLE
 from closeloop.clock import SimClock
+from closeloop.engine import Status
 from closeloop.errors import CloseloopError, InputError, SpecError, TriggerError
 from closeloop.spec import explain, load_spec_file
 
@@ -254,9 +255,8 @@ def case_show(case_id: str, as_json: Annotated[bool, typer.Option("--json")] = F
     app = build(_settings())
     try:
         case = app.runtime.case(case_id)
-        tx = app.store.read()
-        history = tx.history(case_id)
-        tx.close()
+        with app.store.read() as tx:
+            history = tx.history(case_id)
     finally:
         app.close()
     if as_json:
@@ -321,9 +321,8 @@ def demo(
             task = bar.add_task("demo", total=days)
             sim.run(lambda done, total: bar.update(task, completed=done))
         summary = summarize(app, params, database)
-        example = next(
-            (c.id for c in app.store.read().all_cases() if c.status.value == "resolved"), None
-        )
+        with app.store.read() as tx:
+            example = tx.first_case_id(Status.RESOLVED)
     finally:
         app.close()
     out_dir.mkdir(parents=True, exist_ok=True)

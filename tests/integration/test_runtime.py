@@ -69,9 +69,8 @@ def test_intake_is_idempotent_on_the_trigger_id(app: App) -> None:
     again = app.runtime.intake([trigger()])
     assert first[0].created and not first[1].created
     assert again[0].case_id == first[0].case_id and not again[0].created
-    tx = app.store.read()
-    assert tx.status_counts() == {"outreach": 1}
-    tx.close()
+    with app.store.read() as tx:
+        assert tx.status_counts() == {"outreach": 1}
 
 
 def test_a_bad_trigger_names_the_field_and_writes_nothing(app: App) -> None:
@@ -80,9 +79,8 @@ def test_a_bad_trigger_names_the_field_and_writes_nothing(app: App) -> None:
         app.runtime.intake([trigger("t8"), bad])
     locs = [e["loc"] for e in info.value.field_errors]
     assert ["data", "amount_due"] in locs and ["data", "decline_code"] in locs
-    tx = app.store.read()
-    assert tx.status_counts() == {}
-    tx.close()
+    with app.store.read() as tx:
+        assert tx.status_counts() == {}
 
 
 def test_the_whole_journey_to_expiry(app: App, clock: SimClock) -> None:
@@ -98,10 +96,9 @@ def test_the_whole_journey_to_expiry(app: App, clock: SimClock) -> None:
     assert case.status is Status.EXPIRED
     channels = [m["channel"] for m in app.sink.delivered_after(0)]
     assert channels == ["email", "sms", "email"]  # no whatsapp contact: fallback email
-    tx = app.store.read()
-    kinds = [h["kind"] for h in tx.history(result.case_id)]
-    assert tx.next_timer_due() is None
-    tx.close()
+    with app.store.read() as tx:
+        kinds = [h["kind"] for h in tx.history(result.case_id)]
+        assert tx.next_timer_due() is None
     assert kinds[0] == "opened" and kinds[-1] == "expired"
     assert kinds.count("message_sent") == 3
 
@@ -136,9 +133,8 @@ def test_payment_posted_closes_open_cases(app: App) -> None:
     (result,) = app.runtime.intake([posted])
     assert result.closed == 1
     assert app.runtime.intake([posted])[0].status == "duplicate"
-    tx = app.store.read()
-    assert tx.status_counts() == {"resolved_elsewhere": 1, "outreach": 1}
-    tx.close()
+    with app.store.read() as tx:
+        assert tx.status_counts() == {"resolved_elsewhere": 1, "outreach": 1}
 
 
 def test_retried_writebacks_have_no_second_effect(app: App, clock: SimClock) -> None:

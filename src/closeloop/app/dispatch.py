@@ -76,7 +76,9 @@ class Dispatcher:
 
     # -- messages ------------------------------------------------------------
     def send_messages(self, limit: int = 500) -> int:
-        claimed, prepared = self._lease("message", limit)
+        with self.runtime.store.transaction() as tx:
+            claimed = self._lease(tx, "message", limit)
+            prepared = self._prepare(tx, claimed)
         if not claimed:
             return 0
         results = []
@@ -149,53 +151,57 @@ class Dispatcher:
         cases[case.id] = decision.case
         batch.append(Applied(decision=decision, dedupe_key=event.key))
 
-    def _lease(self, kind: str, limit: int) -> tuple[list[OutboxItem], dict[int, OutgoingMessage]]:
+    def _lease(self, tx: Tx, kind: str, limit: int) -> list[OutboxItem]:
+        """Claim due rows of `kind` and hold them for the length of a lease."""
+        now = self.runtime.clock.now()
+        claimed = tx.claim_outbox(kind, now, limit)
+        tx.lease_outbox([i.id for i in claimed], now + LEASE)
+        return claimed
+
+    def _prepare(self, tx: Tx, claimed: list[OutboxItem]) -> dict[int, OutgoingMessage]:
+        """Render each claimed message with a fresh link, by outbox id."""
         now = self.runtime.clock.now()
         prepared: dict[int, OutgoingMessage] = {}
-        with self.runtime.store.transaction() as tx:
-            claimed = tx.claim_outbox(kind, now, limit)
-            tx.lease_outbox([i.id for i in claimed], now + LEASE)
-            if kind != "message":
-                return claimed, prepared
-            cases = tx.load_cases(sorted({i.case_id for i in claimed}))
-            for item in claimed:
-                case = cases.get(item.case_id)
-                if case is None:
-                    continue
-                spec = self.runtime.spec_for(case, tx).spec
-                template = spec.templates[item.payload["template"]]
-                url = links.issue(
-                    tx,
-                    case_id=case.id,
-                    channel=item.payload["channel"],
-                    now=now,
-                    lifetime=self.link_lifetime,
-                    public_url=self.public_url,
-                )
-                context: dict[str, Any] = {
-                    **case.data,
-                    "link": url,
-                    "first_name": case.account.get("first_name", ""),
-                }
-                try:
-                    subject, body = render_message(template.subject, template.body, context)
-                except InputError as exc:
-                    log.warning("template_failed", case_id=case.id, error=str(exc))
-                    continue
-                prepared[item.id] = OutgoingMessage(
-                    idempotency_key=item.idempotency_key,
-                    case_id=case.id,
-                    channel=item.payload["channel"],
-                    address=item.payload["address"],
-                    subject=subject,
-                    body=body,
-                    link=url,
-                )
-        return claimed, prepared
+        cases = tx.load_cases(sorted({i.case_id for i in claimed}))
+        for item in claimed:
+            case = cases.get(item.case_id)
+            if case is None:
+                continue
+            spec = self.runtime.spec_for(case, tx).spec
+            template = spec.templates[item.payload["template"]]
+            url = links.issue(
+                tx,
+                case_id=case.id,
+                channel=item.payload["channel"],
+                now=now,
+                lifetime=self.link_lifetime,
+                public_url=self.public_url,
+            )
+            context: dict[str, Any] = {
+                **case.data,
+                "link": url,
+                "first_name": case.account.get("first_name", ""),
+            }
+            try:
+                subject, body = render_message(template.subject, template.body, context)
+            except InputError as exc:
+                log.warning("template_failed", case_id=case.id, error=str(exc))
+                continue
+            prepared[item.id] = OutgoingMessage(
+                idempotency_key=item.idempotency_key,
+                case_id=case.id,
+                channel=item.payload["channel"],
+                address=item.payload["address"],
+                subject=subject,
+                body=body,
+                link=url,
+            )
+        return prepared
 
     # -- writebacks ----------------------------------------------------------
     def run_writebacks(self, limit: int = 500) -> int:
-        claimed, _ = self._lease("writeback", limit)
+        with self.runtime.store.transaction() as tx:
+            claimed = self._lease(tx, "writeback", limit)
         if not claimed:
             return 0
         results: list[tuple[OutboxItem, WritebackResult]] = []

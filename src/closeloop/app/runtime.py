@@ -11,21 +11,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from closeloop import rollout
 from closeloop.clock import Clock
 from closeloop.connectors import Connector
 from closeloop.engine import (
+    EXPIRE,
     BackendEvent,
     Case,
     Contact,
     Decision,
-    Entry,
     Event,
-    Intent,
     Opened,
-    SetTimer,
     Status,
     TimerFired,
     step,
@@ -35,8 +31,6 @@ from closeloop.ids import derived_id
 from closeloop.spec import CompiledSpec, load_spec
 from closeloop.spec.trigger import parse_trigger_data
 from closeloop.store import Applied, Store, Tx
-
-log = structlog.get_logger("closeloop.runtime")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,14 +109,17 @@ class Runtime:
     # -- intake --------------------------------------------------------------
     def validate(self, trigger: TriggerIn) -> CompiledSpec | None:
         """The spec a trigger opens a case of (None for a closing event); TriggerError if bad."""
+        return self._plan(trigger)[0]
+
+    def _plan(self, trigger: TriggerIn) -> tuple[CompiledSpec | None, dict[str, Any]]:
+        """The spec and canonical data of a trigger; TriggerError if it is bad."""
         if not trigger.id or not trigger.id.strip():
             raise TriggerError(
                 "trigger id is empty", field_errors=[{"loc": ["id"], "msg": "required"}]
             )
         compiled = self.workflows.by_event.get(trigger.type)
         if compiled is not None:
-            parse_trigger_data(compiled.spec, trigger.data)
-            return compiled
+            return compiled, parse_trigger_data(compiled.spec, trigger.data)
         closers = self.workflows.closers(trigger.type)
         if not closers:
             known = ", ".join(
@@ -147,20 +144,20 @@ class Runtime:
                 f"{trigger.type} needs data.{key}",
                 field_errors=[{"loc": ["data", key], "msg": "required"}],
             )
-        return None
+        return None, dict(trigger.data)
 
     def intake(self, triggers: Sequence[TriggerIn]) -> list[IntakeResult]:
         """Open (or find) the case of each trigger; close cases on closing events.
 
         Raises TriggerError for the first invalid trigger before writing anything.
         """
-        plans = [(t, self.validate(t)) for t in triggers]
+        plans = [(t, *self._plan(t)) for t in triggers]
         results: list[IntakeResult] = []
         with self.store.transaction() as tx:
             batch: list[Applied] = []
             pending: dict[str, str] = {}
-            known = tx.cases_by_triggers([t.id for t, c in plans if c is not None])
-            for trigger, compiled in plans:
+            known = tx.cases_by_triggers([t.id for t, c, _ in plans if c is not None])
+            for trigger, compiled, data in plans:
                 if compiled is None:
                     results.append(self._close_elsewhere(tx, trigger))
                     continue
@@ -174,7 +171,7 @@ class Runtime:
                         )
                     )
                     continue
-                decision = self._open(compiled, trigger)
+                decision = self._open(compiled, trigger, data)
                 pending[trigger.id] = decision.case.id
                 batch.append(
                     Applied(decision=decision, dedupe_key=f"trigger:{trigger.id}", new=True)
@@ -190,9 +187,8 @@ class Runtime:
             tx.commit_decisions(batch, self.clock.now())
         return results
 
-    def _open(self, compiled: CompiledSpec, trigger: TriggerIn) -> Decision:
+    def _open(self, compiled: CompiledSpec, trigger: TriggerIn, data: dict[str, Any]) -> Decision:
         spec, now = compiled.spec, self.clock.now()
-        data = parse_trigger_data(spec, trigger.data)
         account_id = str(data[spec.trigger.key])
         account = self.connector.read_account(account_id)
         facts: dict[str, Any] = dict(account.facts) if account else {}
@@ -230,24 +226,25 @@ class Runtime:
         return step(case, event, compiled, now)
 
     def _close_elsewhere(self, tx: Tx, trigger: TriggerIn) -> IntakeResult:
-        closers = {c.spec.workflow for c in self.workflows.closers(trigger.type)}
-        key = self.workflows.closers(trigger.type)[0].spec.trigger.key
-        account_id = str(trigger.data[key])
+        if tx.backend_event_received(trigger.id):
+            return IntakeResult(
+                trigger_id=trigger.id, case_id=None, status="duplicate", created=False
+            )
+        specs = self.workflows.closers(trigger.type)
+        closers = {c.spec.workflow for c in specs}
+        account_id = str(trigger.data[specs[0].spec.trigger.key])
         now = self.clock.now()
         batch = []
-        for case in tx.open_cases_for_account(account_id, lock=True):
+        for case in tx.open_cases_for_account(account_id):
             compiled = self.spec_for(case, tx)
             if compiled.spec.workflow not in closers:
                 continue
             event = BackendEvent(type=trigger.type, data=dict(trigger.data), actor="backend")
             decision = step(case, event, compiled, now)
             batch.append(Applied(decision=decision, dedupe_key=f"backend:{trigger.id}"))
-        if not tx.record_backend_event(
+        tx.record_backend_event(
             trigger.id, trigger.type, account_id, now, sum(1 for a in batch if a.decision.changed)
-        ):
-            return IntakeResult(
-                trigger_id=trigger.id, case_id=None, status="duplicate", created=False
-            )
+        )
         tx.commit_decisions(batch, now)
         closed = sum(1 for a in batch if a.decision.case.status.terminal)
         return IntakeResult(
@@ -274,11 +271,8 @@ class Runtime:
         return decision
 
     def case(self, case_id: str) -> Case:
-        tx = self.store.read()
-        try:
+        with self.store.read() as tx:
             case = tx.load_case(case_id)
-        finally:
-            tx.close()
         if case is None:
             raise NotFound(f"no case {case_id}")
         return case
@@ -302,28 +296,10 @@ class Runtime:
                     tx.delete_timers([(case_id, n) for n in names])
                     continue
                 compiled = self.spec_for(case, tx)
-                fired: list[str] = []
-                history: list[Entry] = []
-                intents: list[Intent] = []
-                timers: list[SetTimer] = []
-                cancel = False
-                decision = Decision(case=case)
-                for name in sorted(names, key=lambda n: n != "expire"):
-                    fired.append(name)
-                    decision = step(decision.case, TimerFired(name=name), compiled, now)
-                    history += decision.history
-                    intents += decision.intents
-                    timers = [t for t in timers if t.name != name] + list(decision.timers)
-                    cancel = cancel or decision.cancel_timers
-                    if decision.cancel_timers:
-                        timers = []
-                merged = Decision(
-                    case=decision.case,
-                    history=tuple(history),
-                    intents=tuple(intents),
-                    timers=tuple(timers),
-                    cancel_timers=cancel,
-                )
-                batch.append(Applied(decision=merged, fired_timers=tuple(fired)))
+                # The deadline first; commit_decisions writes one case's decisions in order.
+                for name in sorted(names, key=lambda n: n != EXPIRE):
+                    decision = step(case, TimerFired(name=name), compiled, now)
+                    case = decision.case
+                    batch.append(Applied(decision=decision, fired_timers=(name,)))
             tx.commit_decisions(batch, now)
         return len(due)

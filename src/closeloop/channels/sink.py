@@ -79,15 +79,3 @@ class SinkChannel:
         )
         with self.engine.connect() as c:
             return [dict(r._mapping) for r in c.execute(stmt)]
-
-    def duplicate_sends(self) -> int:
-        """Messages that were handed over more than once (delivered once, by key)."""
-        stmt = sa.select(sa.func.count()).where(sink_messages.c.attempts > 1)
-        with self.engine.connect() as c:
-            return int(c.execute(stmt).scalar_one())
-
-    def count(self) -> int:
-        with self.engine.connect() as c:
-            return int(
-                c.execute(sa.select(sa.func.count()).select_from(sink_messages)).scalar_one()
-            )

@@ -38,12 +38,6 @@ sor_ledger = sa.Table(
     sa.Column("reference", sa.String(64), nullable=False),
     sa.Column("at", sa.String(40), nullable=False),
 )
-sor_attempts = sa.Table(
-    "sor_attempts",
-    metadata,
-    sa.Column("idempotency_key", sa.String(128), primary_key=True),
-    sa.Column("attempts", sa.Integer, nullable=False),
-)
 
 
 class LedgerCore:
@@ -98,22 +92,6 @@ class LedgerCore:
         self, operation: str, argument: str | None, data: Mapping[str, Any], idempotency_key: str
     ) -> WritebackResult:
         with self.engine.begin() as c:
-            attempt = (
-                c.execute(
-                    sa.select(sor_attempts.c.attempts).where(
-                        sor_attempts.c.idempotency_key == idempotency_key
-                    )
-                ).scalar_one_or_none()
-                or 0
-            )
-            if attempt:
-                c.execute(
-                    sor_attempts.update()
-                    .where(sor_attempts.c.idempotency_key == idempotency_key)
-                    .values(attempts=attempt + 1)
-                )
-            else:
-                c.execute(sor_attempts.insert().values(idempotency_key=idempotency_key, attempts=1))
             rng = rng_for(self.seed, "ledger", idempotency_key, _iso(self.clock()))
             fails, times_out = rng.random() < self.error_rate, rng.random() < self.timeout_rate
             stored = c.execute(

@@ -176,11 +176,8 @@ class Simulation:
         delivered = self.app.sink.delivered_after(cursor)
         if not delivered:
             return False
-        tx = self.app.store.read()
-        try:
+        with self.app.store.read() as tx:
             cases = tx.load_cases(sorted({m["case_id"] for m in delivered}))
-        finally:
-            tx.close()
         actions = []
         for message in delivered:
             case = cases.get(message["case_id"])
@@ -226,22 +223,16 @@ class Simulation:
             action = c.execute(
                 sa.select(sa.func.min(sim_actions.c.due_at)).where(sim_actions.c.done.is_(False))
             ).scalar_one_or_none()
-        tx = self.app.store.read()
-        try:
+        with self.app.store.read() as tx:
             candidates = [tx.next_timer_due(), tx.next_outbox_due()]
-        finally:
-            tx.close()
         if action:
             candidates.append(datetime.fromisoformat(action))
         due = [c for c in candidates if c is not None]
         return min(due) if due else None
 
     def _live_cases(self) -> int:
-        tx = self.app.store.read()
-        try:
+        with self.app.store.read() as tx:
             counts = tx.status_counts()
-        finally:
-            tx.close()
         return sum(n for s, n in counts.items() if not Status(s).terminal)
 
 
@@ -251,8 +242,7 @@ def _iso(value: datetime) -> str:
 
 def summarize(app: App, params: Params, database: str) -> dict[str, Any]:
     """The outcome metrics of a finished run."""
-    tx = app.store.read()
-    try:
+    with app.store.read() as tx:
         counts = tx.status_counts()
         boxes = tx.outbox_counts()
         channels = tx.messages_by_channel()
@@ -262,8 +252,6 @@ def summarize(app: App, params: Params, database: str) -> dict[str, Any]:
             if case.status is Status.RESOLVED and case.closed_at is not None:
                 durations.append((case.closed_at - case.opened_at).total_seconds() / 3600)
                 agent_free += 0 if case.agent_touched else 1
-    finally:
-        tx.close()
     cases = sum(counts.values())
     reached = cases - counts.get("ineligible", 0) - counts.get("not_enrolled", 0)
     resolved = counts.get("resolved", 0)

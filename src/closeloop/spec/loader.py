@@ -9,7 +9,7 @@ meaning of the whole (references between sections, CEL rules, reachability).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +124,9 @@ def load_spec(text: str, *, filename: str = "<spec>") -> CompiledSpec:
         raise SpecError([Problem(file=filename, line=1, column=1, path="", message=message)])
     positions = _Positions(document)
 
-    def problem(path: Path_, message: str, *, value: bool = True, offset: int = 0) -> Problem:
+    def problem(path: Path_, message: str, *, value: bool = True) -> Problem:
         line, column = positions.of(path, value=value)
-        return Problem(
-            file=filename, line=line, column=column + offset, path=_dotted(path), message=message
-        )
+        return Problem(file=filename, line=line, column=column, path=_dotted(path), message=message)
 
     try:
         spec = Spec.model_validate(_plain(document))
@@ -167,17 +165,10 @@ def _check_meaning(spec: Spec, text: str, problem: Any) -> CompiledSpec:
         try:
             return compile_rule(name, source, reason=reason, **kw)
         except RuleProblem as exc:
-            line, column = problem(path, "").line, problem(path, "").column
-            col = column + exc.column - 1 if exc.line == 1 else exc.column
-            problems.append(
-                Problem(
-                    file=problem(path, "").file,
-                    line=line + exc.line - 1,
-                    column=col,
-                    path=_dotted(path),
-                    message=exc.message,
-                )
-            )
+            # The rule's own position counts from where its value starts in the file.
+            at = problem(path, exc.message)
+            column = at.column + exc.column - 1 if exc.line == 1 else exc.column
+            problems.append(replace(at, line=at.line + exc.line - 1, column=column))
             return None
 
     eligibility = [

@@ -16,8 +16,6 @@ from closeloop.store.tables import case_events, cases, links, outbox, timers
 _now: sa.BindParameter[object] = sa.bindparam("now")
 
 case_by_id = sa.select(cases).where(cases.c.id == sa.bindparam("case_id"))
-case_by_id_locked = case_by_id.with_for_update()
-case_by_trigger = sa.select(cases).where(cases.c.trigger_id == sa.bindparam("trigger_id"))
 cases_by_triggers = sa.select(cases).where(
     cases.c.trigger_id.in_(sa.bindparam("ids", expanding=True))
 )

@@ -81,18 +81,16 @@ class Store:
         with self.engine.begin() as connection:
             yield Tx(connection, self.dialect)
 
-    def read(self) -> Tx:
-        """A Tx for reads only (on SQLite it takes no write lock); close it after use."""
-        connection = self.engine.connect().execution_options(closeloop_read_only=True)
-        return Tx(connection, self.dialect)
+    @contextmanager
+    def read(self) -> Iterator[Tx]:
+        """A Tx for reads only (on SQLite it takes no write lock)."""
+        with self.engine.connect() as connection:
+            yield Tx(connection.execution_options(closeloop_read_only=True), self.dialect)
 
     def due_work(self, now: datetime) -> dict[str, bool]:
         """Which kinds of work are due now, in one cheap read."""
-        tx = self.read()
-        try:
+        with self.read() as tx:
             row = tx.c.execute(q.due_work, {"now": now}).one()
-        finally:
-            tx.close()
         return {
             "timers": bool(row.timers),
             "message": bool(row.message),
@@ -104,9 +102,6 @@ class Tx:
     def __init__(self, connection: sa.Connection, dialect: str) -> None:
         self.c = connection
         self.dialect = dialect
-
-    def close(self) -> None:
-        self.c.close()
 
     # -- workflows ---------------------------------------------------------
     def save_workflow(
@@ -127,10 +122,6 @@ class Tx:
         return self.c.execute(stmt).scalar_one_or_none()
 
     # -- cases -------------------------------------------------------------
-    def case_by_trigger(self, trigger_id: str) -> Case | None:
-        row = self.c.execute(q.case_by_trigger, {"trigger_id": trigger_id}).first()
-        return case_from_row(row._mapping) if row else None
-
     def cases_by_triggers(self, trigger_ids: Sequence[str]) -> dict[str, Case]:
         """Cases already opened for any of these trigger ids, by trigger id."""
         if not trigger_ids:
@@ -138,9 +129,8 @@ class Tx:
         rows = self.c.execute(q.cases_by_triggers, {"ids": list(trigger_ids)})
         return {row.trigger_id: case_from_row(row._mapping) for row in rows}
 
-    def load_case(self, case_id: str, *, lock: bool = False) -> Case | None:
-        stmt = q.case_by_id_locked if lock and self.dialect == "postgresql" else q.case_by_id
-        row = self.c.execute(stmt, {"case_id": case_id}).first()
+    def load_case(self, case_id: str) -> Case | None:
+        row = self.c.execute(q.case_by_id, {"case_id": case_id}).first()
         return case_from_row(row._mapping) if row else None
 
     def load_case_for_event(self, case_id: str, key: str | None) -> tuple[Case | None, bool]:
@@ -158,14 +148,15 @@ class Tx:
         rows = self.c.execute(q.cases_by_ids, {"ids": list(case_ids)}).all()
         return {row.id: case_from_row(row._mapping) for row in rows}
 
-    def open_cases_for_account(self, account_id: str, *, lock: bool = False) -> list[Case]:
+    def open_cases_for_account(self, account_id: str) -> list[Case]:
+        """The account's live cases, locked for update on PostgreSQL."""
         live = [s.value for s in Status if not s.terminal]
         stmt = (
             sa.select(cases)
             .where(cases.c.account_id == account_id, cases.c.status.in_(live))
             .order_by(cases.c.opened_at)
         )
-        if lock and self.dialect == "postgresql":
+        if self.dialect == "postgresql":
             stmt = stmt.with_for_update()
         return [case_from_row(r._mapping) for r in self.c.execute(stmt).all()]
 
@@ -178,6 +169,10 @@ class Tx:
     def status_counts(self) -> dict[str, int]:
         stmt = sa.select(cases.c.status, sa.func.count()).group_by(cases.c.status)
         return {status: count for status, count in self.c.execute(stmt).all()}
+
+    def first_case_id(self, status: Status) -> str | None:
+        stmt = sa.select(cases.c.id).where(cases.c.status == status.value).order_by(cases.c.id)
+        return self.c.execute(stmt.limit(1)).scalar_one_or_none()
 
     def all_cases(self) -> Iterator[Case]:
         for row in self.c.execute(sa.select(cases).order_by(cases.c.id)):
@@ -356,12 +351,6 @@ class Tx:
         return {ch: n for ch, n in self.c.execute(stmt).all()}
 
     # -- exceptions, links, backend events ---------------------------------
-    def open_exceptions(self, queue: str | None = None) -> list[dict[str, Any]]:
-        stmt = sa.select(exceptions).where(exceptions.c.status == "open")
-        if queue:
-            stmt = stmt.where(exceptions.c.queue == queue)
-        return [dict(r._mapping) for r in self.c.execute(stmt.order_by(exceptions.c.due_at))]
-
     def save_link(
         self, token_hash: str, case_id: str, channel: str, now: datetime, expires_at: datetime
     ) -> None:
@@ -384,21 +373,19 @@ class Tx:
         result = self.c.execute(q.use_link, {"b_hash": token_hash, "b_now": now})
         return result.rowcount == 1
 
+    def backend_event_received(self, event_id: str) -> bool:
+        stmt = sa.select(backend_events.c.id).where(backend_events.c.id == event_id)
+        return self.c.execute(stmt).first() is not None
+
     def record_backend_event(
         self, event_id: str, type_: str, account_id: str, now: datetime, closed: int
-    ) -> bool:
-        """Remember a backend event; False when it was already received."""
-        exists = self.c.execute(
-            sa.select(backend_events.c.id).where(backend_events.c.id == event_id)
-        ).first()
-        if exists:
-            return False
+    ) -> None:
+        """Remember a backend event (check `backend_event_received` first)."""
         self.c.execute(
             backend_events.insert().values(
                 id=event_id, type=type_, account_id=account_id, received_at=now, cases_closed=closed
             )
         )
-        return True
 
 
 def _intent_payload(intent: SendMessage | RequestWriteback) -> dict[str, Any]:

@@ -110,11 +110,8 @@ def create_api(app: App) -> FastAPI:
             case = app.runtime.case(case_id)
         except NotFound as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from exc
-        tx = app.store.read()
-        try:
+        with app.store.read() as tx:
             history = tx.history(case_id)
-        finally:
-            tx.close()
         encoded: dict[str, Any] = jsonable_encoder(
             {
                 "id": case.id,
