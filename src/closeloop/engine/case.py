@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -80,10 +80,24 @@ class Case:
     seq: int = 0
 
     def evolve(self, **changes: Any) -> Case:
-        return replace(self, **changes)
+        """A copy with `changes` applied (the engine's hottest call).
+
+        `dataclasses.replace` re-runs ``__init__`` over every field; a case is
+        copied several times per step, so copy the instance dict instead.
+        """
+        unknown = changes.keys() - _CASE_FIELDS
+        if unknown:
+            raise TypeError(f"Case has no field(s) {', '.join(sorted(unknown))}")
+        copy = object.__new__(Case)
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__.update(changes)
+        return copy
 
     def contact_for(self, channel: str) -> Contact | None:
         for contact in self.contacts:
             if contact.channel == channel and contact.consent:
                 return contact
         return None
+
+
+_CASE_FIELDS = frozenset(f.name for f in fields(Case))

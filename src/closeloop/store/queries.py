@@ -1,7 +1,8 @@
-"""The engine's hot statements, built once.
+"""Statements the dispatchers and readers run often, built once.
 
 Building a SQLAlchemy statement costs several times more than executing a
-prebuilt one with bound parameters, and these run for every case step.
+prebuilt one with bound parameters. (The per-step case statements are in
+`driver.py`.)
 """
 
 from __future__ import annotations
@@ -9,17 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
-from closeloop.store.tables import case_events, cases, links, outbox, timers
+from closeloop.store.tables import case_events, links, outbox, timers
 
 _now: sa.BindParameter[object] = sa.bindparam("now")
-
-case_by_id = sa.select(cases).where(cases.c.id == sa.bindparam("case_id"))
-cases_by_triggers = sa.select(cases).where(
-    cases.c.trigger_id.in_(sa.bindparam("ids", expanding=True))
-)
-cases_by_ids = sa.select(cases).where(cases.c.id.in_(sa.bindparam("ids", expanding=True)))
 
 seen = (
     sa.select(case_events.c.id)
@@ -29,28 +23,12 @@ seen = (
     )
     .limit(1)
 )
-case_with_seen = sa.select(
-    cases,
-    sa.exists(
-        sa.select(sa.literal(1)).where(
-            case_events.c.case_id == cases.c.id, case_events.c.dedupe_key == sa.bindparam("key")
-        )
-    ).label("seen"),
-).where(cases.c.id == sa.bindparam("case_id"))
-case_with_seen_locked = case_with_seen.with_for_update(of=cases)
 history = (
     sa.select(case_events)
     .where(case_events.c.case_id == sa.bindparam("case_id"))
     .order_by(case_events.c.seq)
 )
 
-due_timers = (
-    sa.select(timers.c.case_id, timers.c.name)
-    .where(timers.c.due_at <= _now)
-    .order_by(timers.c.due_at)
-    .limit(sa.bindparam("limit"))
-)
-due_timers_locked = due_timers.with_for_update(skip_locked=True)
 next_timer = sa.select(sa.func.min(timers.c.due_at))
 
 
@@ -119,28 +97,3 @@ use_link = (
     .where(links.c.token_hash == sa.bindparam("b_hash"), links.c.used_at.is_(None))
     .values(used_at=sa.bindparam("b_now"))
 )
-
-# Writing decisions (executemany).
-UPDATE_CASE_KEYS = ("b_id", "status", "cohort", "updated_at", "closed_at", "seq", "state")
-update_case = (
-    cases.update()
-    .where(cases.c.id == sa.bindparam("b_id"))
-    .values({key: sa.bindparam(key) for key in UPDATE_CASE_KEYS if key != "b_id"})
-)
-delete_timer = timers.delete().where(
-    timers.c.case_id == sa.bindparam("b_case"), timers.c.name == sa.bindparam("b_name")
-)
-delete_case_timers = timers.delete().where(timers.c.case_id == sa.bindparam("b_case"))
-
-
-def _upsert_timer(insert: Any) -> Any:
-    stmt = insert(timers)
-    return stmt.on_conflict_do_update(
-        index_elements=["case_id", "name"], set_={"due_at": stmt.excluded.due_at}
-    )
-
-
-upsert_timer = {
-    "postgresql": _upsert_timer(postgresql.insert),
-    "sqlite": _upsert_timer(sqlite.insert),
-}

@@ -8,6 +8,7 @@ per table, which is what keeps bookkeeping close to the speed of raw SQL.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,12 +27,10 @@ from closeloop.engine import (
 )
 from closeloop.store import database
 from closeloop.store import queries as q
-from closeloop.store.rows import case_from_row, case_to_row
+from closeloop.store.driver import Dialect
 from closeloop.store.tables import (
     backend_events,
-    case_events,
     cases,
-    exceptions,
     links,
     outbox,
     timers,
@@ -65,6 +64,7 @@ class Store:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.driver = Dialect.of(self.dialect)
 
     @classmethod
     def connect(cls, url: str) -> Store:
@@ -79,13 +79,13 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         with self.engine.begin() as connection:
-            yield Tx(connection, self.dialect)
+            yield Tx(connection, self.driver)
 
     @contextmanager
     def read(self) -> Iterator[Tx]:
         """A Tx for reads only (on SQLite it takes no write lock)."""
         with self.engine.connect() as connection:
-            yield Tx(connection.execution_options(closeloop_read_only=True), self.dialect)
+            yield Tx(connection.execution_options(closeloop_read_only=True), self.driver)
 
     def due_work(self, now: datetime) -> dict[str, bool]:
         """Which kinds of work are due now, in one cheap read."""
@@ -99,9 +99,20 @@ class Store:
 
 
 class Tx:
-    def __init__(self, connection: sa.Connection, dialect: str) -> None:
+    """One transaction: SQLAlchemy's connection, and its driver cursor for the hot path."""
+
+    def __init__(self, connection: sa.Connection, driver: Dialect) -> None:
         self.c = connection
-        self.dialect = dialect
+        self.d = driver
+        self.dialect = driver.name
+        self._cursor: Any = None
+
+    @property
+    def cursor(self) -> Any:
+        """The driver's cursor, inside the transaction SQLAlchemy began."""
+        if self._cursor is None:
+            self._cursor = self.c.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        return self._cursor
 
     # -- workflows ---------------------------------------------------------
     def save_workflow(
@@ -122,43 +133,40 @@ class Tx:
         return self.c.execute(stmt).scalar_one_or_none()
 
     # -- cases -------------------------------------------------------------
+    def _rows(self, name: str, params: dict[str, Any]) -> list[Sequence[Any]]:
+        cursor = self.cursor
+        cursor.execute(self.d.sql[name], params)
+        rows: list[Sequence[Any]] = cursor.fetchall()
+        return rows
+
     def cases_by_triggers(self, trigger_ids: Sequence[str]) -> dict[str, Case]:
         """Cases already opened for any of these trigger ids, by trigger id."""
         if not trigger_ids:
             return {}
-        rows = self.c.execute(q.cases_by_triggers, {"ids": list(trigger_ids)})
-        return {row.trigger_id: case_from_row(row._mapping) for row in rows}
+        rows = self._rows("cases_by_triggers", {"ids": self.d.ids(trigger_ids)})
+        return {case.trigger_id: case for case in map(self.d.read_case, rows)}
 
     def load_case(self, case_id: str) -> Case | None:
-        row = self.c.execute(q.case_by_id, {"case_id": case_id}).first()
-        return case_from_row(row._mapping) if row else None
+        rows = self._rows("case_by_id", {"case_id": case_id})
+        return self.d.read_case(rows[0]) if rows else None
 
     def load_case_for_event(self, case_id: str, key: str | None) -> tuple[Case | None, bool]:
         """The case, locked for update, and whether an event with `key` was applied to it."""
-        locked = self.dialect == "postgresql"
-        stmt = q.case_with_seen_locked if locked else q.case_with_seen
-        row = self.c.execute(stmt, {"case_id": case_id, "key": key or ""}).first()
-        if row is None:
+        rows = self._rows("case_with_seen", {"case_id": case_id, "key": key or ""})
+        if not rows:
             return None, False
-        return case_from_row(row._mapping), bool(key) and bool(row.seen)
+        return self.d.read_case(rows[0]), bool(key) and bool(rows[0][-1])
 
     def load_cases(self, case_ids: Sequence[str]) -> dict[str, Case]:
         if not case_ids:
             return {}
-        rows = self.c.execute(q.cases_by_ids, {"ids": list(case_ids)}).all()
-        return {row.id: case_from_row(row._mapping) for row in rows}
+        rows = self._rows("cases_by_ids", {"ids": self.d.ids(case_ids)})
+        return {case.id: case for case in map(self.d.read_case, rows)}
 
     def open_cases_for_account(self, account_id: str) -> list[Case]:
-        """The account's live cases, locked for update on PostgreSQL."""
-        live = [s.value for s in Status if not s.terminal]
-        stmt = (
-            sa.select(cases)
-            .where(cases.c.account_id == account_id, cases.c.status.in_(live))
-            .order_by(cases.c.opened_at)
-        )
-        if self.dialect == "postgresql":
-            stmt = stmt.with_for_update()
-        return [case_from_row(r._mapping) for r in self.c.execute(stmt).all()]
+        """The account's live cases, oldest first, locked for update on PostgreSQL."""
+        rows = self._rows("open_cases_for_account", {"account_id": account_id})
+        return [self.d.read_case(row) for row in rows]
 
     def seen(self, case_id: str, dedupe_key: str) -> bool:
         return self.c.execute(q.seen, {"case_id": case_id, "key": dedupe_key}).first() is not None
@@ -175,12 +183,16 @@ class Tx:
         return self.c.execute(stmt.limit(1)).scalar_one_or_none()
 
     def all_cases(self) -> Iterator[Case]:
-        for row in self.c.execute(sa.select(cases).order_by(cases.c.id)):
-            yield case_from_row(row._mapping)
+        cursor = self.c.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute(self.d.sql["all_cases"])
+        while rows := cursor.fetchmany(500):
+            yield from map(self.d.read_case, rows)
 
     # -- writing decisions -------------------------------------------------
     def commit_decisions(self, batch: Iterable[Applied], now: datetime) -> None:
         """Write new state, history, timers and intents of many decisions at once."""
+        d = self.d
+        at = d.time(now)
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
@@ -190,93 +202,82 @@ class Tx:
         boxes: list[dict[str, Any]] = []
         excs: list[dict[str, Any]] = []
         for item in batch:
-            d = item.decision
+            decision = item.decision
+            case_id = decision.case.id
             for name in item.fired_timers:
-                fired.append({"b_case": d.case.id, "b_name": name})
-            if not d.history:
+                fired.append({"case_id": case_id, "name": name})
+            if not decision.history:
                 continue
-            row = case_to_row(d.case)
-            if item.new:
-                inserts.append(row)
-            else:
-                updates.append({**row, "b_id": row["id"]})
-            first_seq = d.case.seq - len(d.history) + 1
-            for offset, entry in enumerate(d.history):
+            (inserts if item.new else updates).append(d.case_params(decision.case))
+            first_seq = decision.case.seq - len(decision.history) + 1
+            for offset, entry in enumerate(decision.history):
                 events.append(
                     {
-                        "case_id": d.case.id,
+                        "case_id": case_id,
                         "seq": first_seq + offset,
                         "kind": entry.kind,
                         "actor": entry.actor,
-                        "at": entry.at,
+                        "at": at if entry.at == now else d.time(entry.at),
                         "reason": entry.reason,
-                        "data": dict(entry.data),
+                        "data": json.dumps(entry.data),
                         "dedupe_key": item.dedupe_key if offset == 0 else None,
                     }
                 )
-            if d.cancel_timers:
+            if decision.cancel_timers:
                 # Later decisions of the same case in this batch may set timers again.
-                cancelled.add(d.case.id)
-                for pair in [p for p in upserts if p[0] == d.case.id]:
+                cancelled.add(case_id)
+                for pair in [p for p in upserts if p[0] == case_id]:
                     del upserts[pair]
-            for timer in d.timers:
-                upserts[(d.case.id, timer.name)] = timer.due_at
-            for intent in d.intents:
+            for timer in decision.timers:
+                upserts[(case_id, timer.name)] = timer.due_at
+            for intent in decision.intents:
                 if isinstance(intent, OpenException):
                     excs.append(
                         {
                             "id": intent.idempotency_key,
-                            "case_id": d.case.id,
+                            "case_id": case_id,
                             "reason": intent.reason,
                             "queue": intent.queue,
                             "detail": intent.detail,
-                            "opened_at": now,
-                            "due_at": intent.due_at,
-                            "status": "open",
+                            "opened_at": at,
+                            "due_at": d.time(intent.due_at),
                         }
                     )
                     continue
-                kind = "message" if isinstance(intent, SendMessage) else "writeback"
                 boxes.append(
                     {
-                        "case_id": d.case.id,
-                        "kind": kind,
+                        "case_id": case_id,
+                        "kind": "message" if isinstance(intent, SendMessage) else "writeback",
                         "idempotency_key": intent.idempotency_key,
-                        "payload": _intent_payload(intent),
-                        "status": "pending",
-                        "attempts": 0,
-                        "next_attempt_at": now,
-                        "leased_until": None,
-                        "created_at": now,
-                        "updated_at": now,
-                        "result": None,
+                        "payload": json.dumps(_intent_payload(intent)),
+                        "now": at,
                     }
                 )
-        deletes = [{"b_case": case_id} for case_id in sorted(cancelled)]
-        timer_rows = [{"case_id": c, "name": n, "due_at": due} for (c, n), due in upserts.items()]
-        c = self.c
-        if inserts:
-            c.execute(cases.insert(), inserts)
-        if updates:
-            c.execute(q.update_case, [{k: u[k] for k in q.UPDATE_CASE_KEYS} for u in updates])
-        if events:
-            c.execute(case_events.insert(), events)
-        if fired:
-            c.execute(q.delete_timer, fired)
-        if deletes:
-            c.execute(q.delete_case_timers, deletes)
-        if timer_rows:
-            c.execute(q.upsert_timer[self.dialect], timer_rows)
-        if boxes:
-            c.execute(outbox.insert(), boxes)
-        if excs:
-            c.execute(exceptions.insert(), excs)
+        timer_rows = [
+            {"case_id": c, "name": n, "due_at": d.time(due)} for (c, n), due in upserts.items()
+        ]
+        writes = (
+            ("insert_case", inserts),
+            ("update_case", updates),
+            ("insert_event", events),
+            ("delete_timer", fired),
+            ("delete_case_timers", [{"case_id": c} for c in sorted(cancelled)]),
+            ("upsert_timer", timer_rows),
+            ("insert_outbox", boxes),
+            ("insert_exception", excs),
+        )
+        cursor = self.cursor
+        for name, rows in writes:
+            if len(rows) == 1:
+                cursor.execute(d.sql[name], rows[0])
+            elif rows:
+                cursor.executemany(d.sql[name], rows)
 
     # -- due work ----------------------------------------------------------
     def claim_due_timers(self, now: datetime, limit: int) -> list[tuple[str, str]]:
         """Due timers, oldest first; on PostgreSQL rows other workers hold are skipped."""
-        stmt = q.due_timers_locked if self.dialect == "postgresql" else q.due_timers
-        return [(r.case_id, r.name) for r in self.c.execute(stmt, {"now": now, "limit": limit})]
+        rows = self._rows("due_timers", {"now": self.d.time(now), "limit": limit})
+        return [(case_id, name) for case_id, name in rows]
 
     def next_timer_due(self) -> datetime | None:
         return self.c.execute(q.next_timer).scalar_one_or_none()

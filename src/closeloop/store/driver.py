@@ -1,0 +1,209 @@
+"""The per-step statements, run on the database driver's own cursor.
+
+Every case step loads a case and writes its row, its history, its timers and
+its intents. Through SQLAlchemy each execution also pays for a cache lookup,
+an execution context, bind and result processors per value; together that
+cost more than SQLite itself. So these few statements are written once per
+dialect here and run on the driver's cursor inside the transaction
+SQLAlchemy opened. Everything else (and the schema, in `tables.py` and the
+Alembic migrations) stays SQLAlchemy's.
+
+Values are encoded the way SQLAlchemy stores them, so rows written here and
+rows written through SQLAlchemy are the same: on SQLite, times are naive UTC
+text (``YYYY-MM-DD HH:MM:SS.ffffff``) and JSON is text; on PostgreSQL, times
+are ``timestamptz`` and JSON is ``jsonb``.
+"""
+
+# The statements interpolate only this module's own constants (column lists, statuses).
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from closeloop.engine import Case, Contact, Status
+
+CASE_COLUMNS = (
+    "id, workflow, trigger_id, account_id, status, cohort, opened_at, updated_at, "
+    "closed_at, seq, state"
+)
+_STATE_FIELDS = (
+    "data",
+    "account",
+    "time_zone",
+    "next_step",
+    "link_opened",
+    "verified",
+    "identity_level",
+    "identity_failures",
+    "outcome",
+    "submission",
+    "touches",
+    "agent_touched",
+    "reason",
+)
+_JSON_PARAMS = frozenset({"state", "data", "payload"})
+
+_LIVE = ", ".join(f"'{s.value}'" for s in Status if not s.terminal)
+_SQLITE = {
+    "case_with_seen": f"""
+        SELECT {CASE_COLUMNS}, EXISTS (
+            SELECT 1 FROM case_events WHERE case_id = cases.id AND dedupe_key = :key
+        ) FROM cases WHERE id = :case_id""",
+    "cases_by_ids": f"""
+        SELECT {CASE_COLUMNS} FROM cases WHERE id IN (SELECT value FROM json_each(:ids))""",
+    "cases_by_triggers": f"""
+        SELECT {CASE_COLUMNS} FROM cases
+        WHERE trigger_id IN (SELECT value FROM json_each(:ids))""",
+    "due_timers": """
+        SELECT case_id, name FROM timers WHERE due_at <= :now ORDER BY due_at LIMIT :limit""",
+    "open_cases_for_account": f"""
+        SELECT {CASE_COLUMNS} FROM cases WHERE account_id = :account_id AND status IN ({_LIVE})
+        ORDER BY opened_at""",
+}
+_POSTGRESQL = {
+    "case_with_seen": f"""
+        SELECT {CASE_COLUMNS}, EXISTS (
+            SELECT 1 FROM case_events WHERE case_id = cases.id AND dedupe_key = :key
+        ) FROM cases WHERE id = :case_id FOR UPDATE OF cases""",
+    "cases_by_ids": f"SELECT {CASE_COLUMNS} FROM cases WHERE id = ANY(:ids)",
+    "cases_by_triggers": f"SELECT {CASE_COLUMNS} FROM cases WHERE trigger_id = ANY(:ids)",
+    "due_timers": """
+        SELECT case_id, name FROM timers WHERE due_at <= :now ORDER BY due_at LIMIT :limit
+        FOR UPDATE SKIP LOCKED""",
+    "open_cases_for_account": f"""
+        SELECT {CASE_COLUMNS} FROM cases WHERE account_id = :account_id AND status IN ({_LIVE})
+        ORDER BY opened_at FOR UPDATE""",
+}
+_COMMON = {
+    "case_by_id": f"SELECT {CASE_COLUMNS} FROM cases WHERE id = :case_id",
+    "all_cases": f"SELECT {CASE_COLUMNS} FROM cases ORDER BY id",
+    "insert_case": f"""
+        INSERT INTO cases ({CASE_COLUMNS}) VALUES (:id, :workflow, :trigger_id, :account_id,
+        :status, :cohort, :opened_at, :updated_at, :closed_at, :seq, :state)""",
+    "update_case": """
+        UPDATE cases SET status = :status, cohort = :cohort, updated_at = :updated_at,
+        closed_at = :closed_at, seq = :seq, state = :state WHERE id = :id""",
+    "insert_event": """
+        INSERT INTO case_events (case_id, seq, kind, actor, at, reason, data, dedupe_key)
+        VALUES (:case_id, :seq, :kind, :actor, :at, :reason, :data, :dedupe_key)""",
+    "delete_timer": "DELETE FROM timers WHERE case_id = :case_id AND name = :name",
+    "delete_case_timers": "DELETE FROM timers WHERE case_id = :case_id",
+    "upsert_timer": """
+        INSERT INTO timers (case_id, name, due_at) VALUES (:case_id, :name, :due_at)
+        ON CONFLICT (case_id, name) DO UPDATE SET due_at = excluded.due_at""",
+    "insert_outbox": """
+        INSERT INTO outbox (case_id, kind, idempotency_key, payload, status, attempts,
+        next_attempt_at, leased_until, created_at, updated_at, result)
+        VALUES (:case_id, :kind, :idempotency_key, :payload, 'pending', 0, :now, NULL,
+        :now, :now, NULL)""",
+    "insert_exception": """
+        INSERT INTO exceptions (id, case_id, reason, queue, detail, opened_at, due_at, status)
+        VALUES (:id, :case_id, :reason, :queue, :detail, :opened_at, :due_at, 'open')""",
+}
+
+
+def _to_pyformat(sql: str) -> str:
+    """``:name`` to psycopg's ``%(name)s``, casting JSON parameters to jsonb."""
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        return f"CAST(%({name})s AS jsonb)" if name in _JSON_PARAMS else f"%({name})s"
+
+    return re.sub(r"(?<![:\w]):(\w+)", one, sql)
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """Statements and value encodings of one database."""
+
+    name: str
+    sql: Mapping[str, str]
+
+    @classmethod
+    def of(cls, name: str) -> Dialect:
+        if name == "postgresql":
+            statements = {k: _to_pyformat(v) for k, v in {**_POSTGRESQL, **_COMMON}.items()}
+            return cls(name, statements)
+        if name == "sqlite":
+            return cls(name, {**_SQLITE, **_COMMON})
+        raise ValueError(f"no driver statements for {name}")
+
+    # -- values ------------------------------------------------------------
+    def time(self, value: datetime | None) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("closeloop stores only timezone-aware times")
+        if self.name != "sqlite":
+            return value
+        v = value.astimezone(UTC)
+        return (
+            f"{v.year:04d}-{v.month:02d}-{v.day:02d} "
+            f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
+        )
+
+    def read_time(self, value: Any) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def ids(self, values: Sequence[str]) -> Any:
+        return json.dumps(list(values)) if self.name == "sqlite" else list(values)
+
+    # -- cases -------------------------------------------------------------
+    def case_params(self, case: Case) -> dict[str, Any]:
+        state: dict[str, Any] = {name: getattr(case, name) for name in _STATE_FIELDS}
+        state["data"] = dict(case.data)
+        state["account"] = dict(case.account)
+        state["submission"] = dict(case.submission)
+        state["contacts"] = [
+            {"channel": c.channel, "address": c.address, "consent": c.consent}
+            for c in case.contacts
+        ]
+        state["pending_writebacks"] = list(case.pending_writebacks)
+        return {
+            "id": case.id,
+            "workflow": case.workflow,
+            "trigger_id": case.trigger_id,
+            "account_id": case.account_id,
+            "status": case.status.value,
+            "cohort": case.cohort,
+            "opened_at": self.time(case.opened_at),
+            "updated_at": self.time(case.updated_at),
+            "closed_at": self.time(case.closed_at),
+            "seq": case.seq,
+            "state": json.dumps(state),
+        }
+
+    def read_case(self, row: Sequence[Any]) -> Case:
+        """A case from a row whose first columns are `CASE_COLUMNS`."""
+        state = row[10]
+        state = dict(json.loads(state) if isinstance(state, str) else state)
+        contacts = tuple(Contact(**c) for c in state.pop("contacts", []))
+        pending = tuple(state.pop("pending_writebacks", []))
+        opened_at, updated_at = self.read_time(row[6]), self.read_time(row[7])
+        assert opened_at is not None and updated_at is not None
+        return Case(
+            id=row[0],
+            workflow=row[1],
+            trigger_id=row[2],
+            account_id=row[3],
+            status=Status(row[4]),
+            cohort=row[5],
+            opened_at=opened_at,
+            updated_at=updated_at,
+            closed_at=self.read_time(row[8]),
+            seq=row[9],
+            contacts=contacts,
+            pending_writebacks=pending,
+            **{name: state[name] for name in _STATE_FIELDS if name in state},
+        )
