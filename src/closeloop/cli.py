@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from closeloop.app import Settings, TriggerIn, build
+from closeloop.app import Settings, TriggerIn, build, settle_heap
 from closeloop.app.settings import EXAMPLE
 from closeloop.clock import SimClock
 from closeloop.engine import Status
@@ -216,6 +216,7 @@ def work(
 ) -> None:
     """Run due timers, messages and writebacks (a worker)."""
     app = build(_settings())
+    settle_heap()
     try:
         while True:
             done = app.work()
@@ -236,6 +237,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     from closeloop.web import create_api
 
     app = build(_settings(public_url=f"http://{host}:{port}"))
+    settle_heap()
     uvicorn.run(create_api(app), host=host, port=port, log_level="info")
 
 
@@ -308,6 +310,7 @@ def demo(
     app = build(settings, clock=clock, seed=seed, error_rate=0.03, timeout_rate=0.01)
     params = Params(accounts=accounts, days=days, seed=seed)
     database = settings.resolved_database_url()
+    settle_heap()
     try:
         sim = Simulation(app, clock, params)
         sim.prepare(resume=resume)

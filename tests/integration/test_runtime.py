@@ -193,3 +193,32 @@ def test_concurrent_workers_never_claim_the_same_timer(
     assert not set(first) & set(second)
     store.dispose()
     app.close()
+
+
+def test_rows_from_the_driver_path_read_the_same_through_sqlalchemy(app: App) -> None:
+    """The per-step statements encode times and JSON exactly as SQLAlchemy does."""
+    (result,) = app.runtime.intake([trigger()])
+    assert result.case_id is not None
+    case = app.runtime.case(result.case_id)
+    with app.store.read() as tx:
+        row = tx.c.execute(
+            sa.text("SELECT opened_at, state FROM cases WHERE id = :id"), {"id": case.id}
+        ).one()
+        history = tx.history(case.id)
+        due = tx.next_timer_due()
+    typed = sa.select(
+        sa.column("opened_at", sa.DateTime()), sa.column("state", sa.JSON())
+    ).select_from(sa.table("cases"))
+    with app.store.read() as tx:
+        opened_at, state = tx.c.execute(typed.where(sa.column("id") == case.id)).one()
+    assert (
+        opened_at.replace(tzinfo=None)
+        == NOW.replace(tzinfo=None)
+        == case.opened_at.replace(tzinfo=None)
+    )
+    assert state["contacts"][0]["address"] == "ana@example.com"
+    assert state["pending_writebacks"] == []
+    assert row is not None
+    assert [h["kind"] for h in history][:2] == ["opened", "message_requested"]
+    assert history[0]["at"] == NOW
+    assert due is not None and due > NOW

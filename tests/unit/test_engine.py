@@ -217,3 +217,28 @@ def test_a_closed_case_rejects_everything(compiled: CompiledSpec) -> None:
 @pytest.mark.parametrize("flags", [[], ["litigation"]])
 def test_the_engine_is_deterministic(compiled: CompiledSpec, flags: list[str]) -> None:
     assert opened(compiled, flags=flags) == opened(compiled, flags=flags)
+
+
+def test_evolve_and_restore_refuse_unknown_fields(compiled: CompiledSpec) -> None:
+    case = case_for(compiled, DATA, account("A1"), now=NOW)
+    moved = case.evolve(next_step=2, touches=1)
+    assert (moved.next_step, moved.touches, case.next_step) == (2, 1, 0)
+    with pytest.raises(TypeError, match="no field"):
+        case.evolve(nxt_step=2)
+    stored = {"data": dict(case.data), "account": dict(case.account), "contacts": case.contacts}
+    columns = {
+        name: getattr(case, name)
+        for name in (
+            "id",
+            "workflow",
+            "trigger_id",
+            "account_id",
+            "status",
+            "opened_at",
+            "time_zone",
+        )
+    }
+    restored = Case.restore(stored, updated_at=case.updated_at, **columns)
+    assert restored == case  # fields missing from old rows take their defaults
+    with pytest.raises(TypeError, match="lacks opened_at"):
+        Case.restore(stored, **{k: v for k, v in columns.items() if k != "opened_at"})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from closeloop.app.bootstrap import App, build
+from closeloop.app.bootstrap import App, build, settle_heap
 from closeloop.app.dispatch import Dispatcher, RetryPolicy
 from closeloop.app.runtime import IntakeResult, Runtime, TriggerIn, Workflows
 from closeloop.app.service import CustomerService, Visit
@@ -20,4 +20,5 @@ __all__ = [
     "Visit",
     "Workflows",
     "build",
+    "settle_heap",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -47,6 +48,19 @@ class App:
         self.store.dispose()
         self.sink.engine.dispose()
         self.ledger.engine.dispose()
+
+
+def settle_heap() -> None:
+    """Take everything loaded so far out of the garbage collector's scans.
+
+    Long-running commands call this once their App is built. Modules,
+    compiled specs and connection pools live as long as the process; without
+    this every full collection during case work walks them all again (about
+    100,000 objects, a quarter of the time of a batch of timers). See
+    `gc.freeze`.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def build(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -93,6 +93,26 @@ class Case:
         copy.__dict__.update(changes)
         return copy
 
+    @classmethod
+    def restore(cls, state: Mapping[str, Any], **columns: Any) -> Case:
+        """A stored case, from its state and columns; missing fields take their defaults.
+
+        Stored values were valid when written, so this skips ``__init__``.
+        """
+        values = {**_CASE_DEFAULTS, **state, **columns}
+        for name, factory in _CASE_FACTORIES.items():
+            if name not in values:
+                values[name] = factory()
+        unknown = values.keys() - _CASE_FIELDS
+        if unknown:
+            raise TypeError(f"Case has no field(s) {', '.join(sorted(unknown))}")
+        missing = _CASE_FIELDS - values.keys()
+        if missing:
+            raise TypeError(f"stored case lacks {', '.join(sorted(missing))}")
+        case = object.__new__(cls)
+        case.__dict__.update(values)
+        return case
+
     def contact_for(self, channel: str) -> Contact | None:
         for contact in self.contacts:
             if contact.channel == channel and contact.consent:
@@ -101,3 +121,7 @@ class Case:
 
 
 _CASE_FIELDS = frozenset(f.name for f in fields(Case))
+_CASE_DEFAULTS = {f.name: f.default for f in fields(Case) if f.default is not MISSING}
+_CASE_FACTORIES = {
+    f.name: f.default_factory for f in fields(Case) if f.default_factory is not MISSING
+}

@@ -57,8 +57,15 @@ class RuleProblem(Exception):
         self.column = column
 
 
+_AS_IS = frozenset({str, int, float, bool, type(None)})
+
+
 def to_cel(value: Any) -> Any:
     """Convert case data to what CEL takes: decimals as doubles, dates as timestamps."""
+    if type(value) in _AS_IS:
+        return value
+    if isinstance(value, dict):
+        return {str(k): to_cel(v) for k, v in value.items()}
     if isinstance(value, Decimal):
         return float(value)
     if isinstance(value, datetime):

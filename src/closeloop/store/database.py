@@ -58,10 +58,11 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_begin(connection: sa.Connection) -> None:
     # Reads take no write lock; writes take it up front so they queue, never deadlock.
-    if connection.get_execution_options().get("closeloop_read_only"):
-        connection.exec_driver_sql("BEGIN")
-    else:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # Straight to the driver: this runs once per transaction, on the hot path.
+    read_only = connection.get_execution_options().get("closeloop_read_only")
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    driver.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def alembic_config(engine: sa.Engine) -> Config:

@@ -19,12 +19,13 @@ are ``timestamptz`` and JSON is ``jsonb``.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from closeloop.engine import Case, Contact, Status
 
@@ -138,15 +139,13 @@ class Dialect:
     def time(self, value: datetime | None) -> Any:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError("closeloop stores only timezone-aware times")
+        if value.tzinfo is not UTC:
+            if value.tzinfo is None:
+                raise ValueError("closeloop stores only timezone-aware times")
+            value = value.astimezone(UTC)
         if self.name != "sqlite":
             return value
-        v = value.astimezone(UTC)
-        return (
-            f"{v.year:04d}-{v.month:02d}-{v.day:02d} "
-            f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
-        )
+        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
     def read_time(self, value: Any) -> datetime | None:
         if value is None:
@@ -157,19 +156,16 @@ class Dialect:
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
     def ids(self, values: Sequence[str]) -> Any:
-        return json.dumps(list(values)) if self.name == "sqlite" else list(values)
+        return dumps(list(values)) if self.name == "sqlite" else list(values)
 
     # -- cases -------------------------------------------------------------
     def case_params(self, case: Case) -> dict[str, Any]:
         state: dict[str, Any] = {name: getattr(case, name) for name in _STATE_FIELDS}
-        state["data"] = dict(case.data)
-        state["account"] = dict(case.account)
-        state["submission"] = dict(case.submission)
         state["contacts"] = [
             {"channel": c.channel, "address": c.address, "consent": c.consent}
             for c in case.contacts
         ]
-        state["pending_writebacks"] = list(case.pending_writebacks)
+        state["pending_writebacks"] = case.pending_writebacks
         return {
             "id": case.id,
             "workflow": case.workflow,
@@ -181,29 +177,36 @@ class Dialect:
             "updated_at": self.time(case.updated_at),
             "closed_at": self.time(case.closed_at),
             "seq": case.seq,
-            "state": json.dumps(state),
+            "state": dumps(state),
         }
 
     def read_case(self, row: Sequence[Any]) -> Case:
         """A case from a row whose first columns are `CASE_COLUMNS`."""
         state = row[10]
-        state = dict(json.loads(state) if isinstance(state, str) else state)
-        contacts = tuple(Contact(**c) for c in state.pop("contacts", []))
-        pending = tuple(state.pop("pending_writebacks", []))
-        opened_at, updated_at = self.read_time(row[6]), self.read_time(row[7])
-        assert opened_at is not None and updated_at is not None
-        return Case(
+        state = orjson.loads(state) if isinstance(state, str) else dict(state)
+        state["contacts"] = tuple(Contact(**c) for c in state.get("contacts", ()))
+        state["pending_writebacks"] = tuple(state.get("pending_writebacks", ()))
+        return Case.restore(
+            state,
             id=row[0],
             workflow=row[1],
             trigger_id=row[2],
             account_id=row[3],
             status=Status(row[4]),
             cohort=row[5],
-            opened_at=opened_at,
-            updated_at=updated_at,
+            opened_at=self.read_time(row[6]),
+            updated_at=self.read_time(row[7]),
             closed_at=self.read_time(row[8]),
             seq=row[9],
-            contacts=contacts,
-            pending_writebacks=pending,
-            **{name: state[name] for name in _STATE_FIELDS if name in state},
         )
+
+
+def dumps(value: Any) -> str:
+    """JSON text of `value` (tuples and mappings as arrays and objects)."""
+    return orjson.dumps(value, default=_plain).decode()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -8,7 +8,6 @@ per table, which is what keeps bookkeeping close to the speed of raw SQL.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from closeloop.engine import (
 )
 from closeloop.store import database
 from closeloop.store import queries as q
-from closeloop.store.driver import Dialect
+from closeloop.store.driver import Dialect, dumps
 from closeloop.store.tables import (
     backend_events,
     cases,
@@ -198,7 +197,7 @@ class Tx:
         events: list[dict[str, Any]] = []
         fired: list[dict[str, Any]] = []
         cancelled: set[str] = set()
-        upserts: dict[tuple[str, str], datetime] = {}
+        upserts: dict[str, dict[str, datetime]] = {}
         boxes: list[dict[str, Any]] = []
         excs: list[dict[str, Any]] = []
         for item in batch:
@@ -219,17 +218,16 @@ class Tx:
                         "actor": entry.actor,
                         "at": at if entry.at == now else d.time(entry.at),
                         "reason": entry.reason,
-                        "data": json.dumps(entry.data),
+                        "data": dumps(entry.data),
                         "dedupe_key": item.dedupe_key if offset == 0 else None,
                     }
                 )
             if decision.cancel_timers:
                 # Later decisions of the same case in this batch may set timers again.
                 cancelled.add(case_id)
-                for pair in [p for p in upserts if p[0] == case_id]:
-                    del upserts[pair]
+                upserts.pop(case_id, None)
             for timer in decision.timers:
-                upserts[(case_id, timer.name)] = timer.due_at
+                upserts.setdefault(case_id, {})[timer.name] = timer.due_at
             for intent in decision.intents:
                 if isinstance(intent, OpenException):
                     excs.append(
@@ -249,12 +247,14 @@ class Tx:
                         "case_id": case_id,
                         "kind": "message" if isinstance(intent, SendMessage) else "writeback",
                         "idempotency_key": intent.idempotency_key,
-                        "payload": json.dumps(_intent_payload(intent)),
+                        "payload": dumps(_intent_payload(intent)),
                         "now": at,
                     }
                 )
         timer_rows = [
-            {"case_id": c, "name": n, "due_at": d.time(due)} for (c, n), due in upserts.items()
+            {"case_id": c, "name": n, "due_at": d.time(due)}
+            for c, named in upserts.items()
+            for n, due in named.items()
         ]
         writes = (
             ("insert_case", inserts),
