@@ -96,24 +96,21 @@ class Dispatcher:
             results.append((item, channel.send(message)))
         now = self.runtime.clock.now()
         with self.runtime.store.transaction() as tx:
-            batch: list[Applied] = []
-            cases = tx.load_cases(sorted({i.case_id for i, _ in results}))
+            back = _FeedBack(self.runtime, tx, [i for i, _ in results], now)
             for item, result in results:
                 payload = item.payload
                 if result.status == "retry" and item.attempts + 1 < self.retry.max_attempts:
-                    tx.retry_outbox(
-                        item.id,
-                        now + self.retry.delay(item.idempotency_key, item.attempts),
-                        {"reason": result.reason},
-                        now,
+                    back.retries.append(
+                        (
+                            item.id,
+                            now + self.retry.delay(item.idempotency_key, item.attempts),
+                            {"reason": result.reason},
+                        )
                     )
                     continue
                 status = "done" if result.status == "sent" else "failed"
-                tx.finish_outbox(
-                    item.id,
-                    status,
-                    {"reason": result.reason, "provider_id": result.provider_id},
-                    now,
+                back.finished.append(
+                    (item.id, status, {"reason": result.reason, "provider_id": result.provider_id})
                 )
                 event: Event
                 if result.status == "sent":
@@ -130,26 +127,9 @@ class Dispatcher:
                         reason=result.reason,
                         key=f"outbox:{item.id}",
                     )
-                self._feed_back(tx, cases, item, event, batch, now)
-            tx.commit_decisions(batch, now)
+                back.apply(item, event)
+            back.commit()
         return len(claimed)
-
-    def _feed_back(
-        self,
-        tx: Tx,
-        cases: dict[str, Case],
-        item: OutboxItem,
-        event: Event,
-        batch: list[Applied],
-        now: datetime,
-    ) -> None:
-        """Apply a dispatch result to its case, once (keyed by the outbox row)."""
-        case = cases.get(item.case_id)
-        if case is None or tx.seen(case.id, f"outbox:{item.id}"):
-            return
-        decision = step(case, event, self.runtime.spec_for(case, tx), now)
-        cases[case.id] = decision.case
-        batch.append(Applied(decision=decision, dedupe_key=event.key))
 
     def _lease(self, tx: Tx, kind: str, limit: int) -> list[OutboxItem]:
         """Claim due rows of `kind` and hold them for the length of a lease."""
@@ -220,8 +200,7 @@ class Dispatcher:
             results.append((item, result))
         now = self.runtime.clock.now()
         with self.runtime.store.transaction() as tx:
-            batch: list[Applied] = []
-            cases = tx.load_cases(sorted({i.case_id for i, _ in results}))
+            back = _FeedBack(self.runtime, tx, [i for i, _ in results], now)
             for item, result in results:
                 if (
                     not result.ok
@@ -229,13 +208,14 @@ class Dispatcher:
                     and (item.attempts + 1 < self.retry.max_attempts)
                 ):
                     at = now + self.retry.delay(item.idempotency_key, item.attempts)
-                    tx.retry_outbox(item.id, at, {"error": result.error}, now)
+                    back.retries.append((item.id, at, {"error": result.error}))
                     continue
-                tx.finish_outbox(
-                    item.id,
-                    "done" if result.ok else "failed",
-                    {"reference": result.reference, "error": result.error},
-                    now,
+                back.finished.append(
+                    (
+                        item.id,
+                        "done" if result.ok else "failed",
+                        {"reference": result.reference, "error": result.error},
+                    )
                 )
                 event: Event
                 if result.ok:
@@ -253,6 +233,36 @@ class Dispatcher:
                     event = WritebackFailed(
                         operation_key=item.idempotency_key, reason=reason, key=f"outbox:{item.id}"
                     )
-                self._feed_back(tx, cases, item, event, batch, now)
-            tx.commit_decisions(batch, now)
+                back.apply(item, event)
+            back.commit()
         return len(claimed)
+
+
+class _FeedBack:
+    """Dispatch results of one batch, written in one transaction.
+
+    Each result closes (or reschedules) its outbox row and is applied to its
+    case once, keyed by the outbox row, so a result recorded before a crash
+    is not applied again after it.
+    """
+
+    def __init__(self, runtime: Runtime, tx: Tx, items: list[OutboxItem], now: datetime) -> None:
+        self.runtime, self.tx, self.now = runtime, tx, now
+        self.cases: dict[str, Case] = tx.load_cases(sorted({i.case_id for i in items}))
+        self.seen = tx.seen_keys([(i.case_id, f"outbox:{i.id}") for i in items])
+        self.finished: list[tuple[int, str, dict[str, Any]]] = []
+        self.retries: list[tuple[int, datetime, dict[str, Any]]] = []
+        self.batch: list[Applied] = []
+
+    def apply(self, item: OutboxItem, event: Event) -> None:
+        case = self.cases.get(item.case_id)
+        if case is None or (case.id, f"outbox:{item.id}") in self.seen:
+            return
+        decision = step(case, event, self.runtime.spec_for(case, self.tx), self.now)
+        self.cases[case.id] = decision.case
+        self.batch.append(Applied(decision=decision, dedupe_key=event.key))
+
+    def commit(self) -> None:
+        self.tx.finish_outbox(self.finished, self.now)
+        self.tx.retry_outbox(self.retries, self.now)
+        self.tx.commit_decisions(self.batch, self.now)

@@ -48,7 +48,12 @@ _STATE_FIELDS = (
     "agent_touched",
     "reason",
 )
-_JSON_PARAMS = frozenset({"state", "data", "payload"})
+_JSON_PARAMS = frozenset({"state", "data", "payload", "result"})
+_OUTBOX_COLUMNS = "id, case_id, kind, idempotency_key, payload, attempts"
+_OUTBOX_DUE = (
+    "kind = :kind AND status = 'pending' AND next_attempt_at <= :now "
+    "AND (leased_until IS NULL OR leased_until <= :now)"
+)
 
 _LIVE = ", ".join(f"'{s.value}'" for s in Status if not s.terminal)
 _SQLITE = {
@@ -66,6 +71,14 @@ _SQLITE = {
     "open_cases_for_account": f"""
         SELECT {CASE_COLUMNS} FROM cases WHERE account_id = :account_id AND status IN ({_LIVE})
         ORDER BY opened_at""",
+    "seen_keys": """
+        SELECT case_id, dedupe_key FROM case_events WHERE (case_id, dedupe_key) IN (
+            SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
+            FROM json_each(:pairs))""",
+    "claim_outbox": f"""
+        SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE {_OUTBOX_DUE} ORDER BY id LIMIT :limit""",
+    "lease_outbox": """
+        UPDATE outbox SET leased_until = :until WHERE id IN (SELECT value FROM json_each(:ids))""",
 }
 _POSTGRESQL = {
     "case_with_seen": f"""
@@ -80,6 +93,13 @@ _POSTGRESQL = {
     "open_cases_for_account": f"""
         SELECT {CASE_COLUMNS} FROM cases WHERE account_id = :account_id AND status IN ({_LIVE})
         ORDER BY opened_at FOR UPDATE""",
+    "seen_keys": """
+        SELECT case_id, dedupe_key FROM case_events WHERE (case_id, dedupe_key) IN (
+            SELECT * FROM unnest(CAST(:cases AS text[]), CAST(:keys AS text[])))""",
+    "claim_outbox": f"""
+        SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE {_OUTBOX_DUE} ORDER BY id LIMIT :limit
+        FOR UPDATE SKIP LOCKED""",
+    "lease_outbox": "UPDATE outbox SET leased_until = :until WHERE id = ANY(:ids)",
 }
 _COMMON = {
     "case_by_id": f"SELECT {CASE_COLUMNS} FROM cases WHERE id = :case_id",
@@ -103,6 +123,12 @@ _COMMON = {
         next_attempt_at, leased_until, created_at, updated_at, result)
         VALUES (:case_id, :kind, :idempotency_key, :payload, 'pending', 0, :now, NULL,
         :now, :now, NULL)""",
+    "finish_outbox": """
+        UPDATE outbox SET status = :status, result = :result, attempts = attempts + 1,
+        updated_at = :now, leased_until = NULL WHERE id = :id""",
+    "retry_outbox": """
+        UPDATE outbox SET next_attempt_at = :at, result = :result, attempts = attempts + 1,
+        updated_at = :now, leased_until = NULL WHERE id = :id""",
     "insert_exception": """
         INSERT INTO exceptions (id, case_id, reason, queue, detail, opened_at, due_at, status)
         VALUES (:id, :case_id, :reason, :queue, :detail, :opened_at, :due_at, 'open')""",
@@ -155,8 +181,16 @@ class Dialect:
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
-    def ids(self, values: Sequence[str]) -> Any:
+    def ids(self, values: Sequence[Any]) -> Any:
         return dumps(list(values)) if self.name == "sqlite" else list(values)
+
+    def pairs(self, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        if self.name == "sqlite":
+            return {"pairs": dumps(pairs)}
+        return {"cases": [a for a, _ in pairs], "keys": [b for _, b in pairs]}
+
+    def read_json(self, value: Any) -> Any:
+        return orjson.loads(value) if isinstance(value, str) else value
 
     # -- cases -------------------------------------------------------------
     def case_params(self, case: Case) -> dict[str, Any]:
@@ -182,8 +216,7 @@ class Dialect:
 
     def read_case(self, row: Sequence[Any]) -> Case:
         """A case from a row whose first columns are `CASE_COLUMNS`."""
-        state = row[10]
-        state = orjson.loads(state) if isinstance(state, str) else dict(state)
+        state = dict(self.read_json(row[10]))
         state["contacts"] = tuple(Contact(**c) for c in state.get("contacts", ()))
         state["pending_writebacks"] = tuple(state.get("pending_writebacks", ()))
         return Case.restore(

@@ -42,43 +42,9 @@ def _outbox_due(kind: Any) -> sa.ColumnElement[bool]:
     )
 
 
-due_outbox = (
-    sa.select(outbox)
-    .where(_outbox_due(sa.bindparam("kind")))
-    .order_by(outbox.c.id)
-    .limit(sa.bindparam("limit"))
-)
-due_outbox_locked = due_outbox.with_for_update(skip_locked=True)
 next_outbox = sa.select(
     sa.func.min(sa.func.coalesce(outbox.c.leased_until, outbox.c.next_attempt_at))
 ).where(outbox.c.status == "pending")
-lease_outbox = (
-    outbox.update()
-    .where(outbox.c.id.in_(sa.bindparam("ids", expanding=True)))
-    .values(leased_until=sa.bindparam("until"))
-)
-finish_outbox = (
-    outbox.update()
-    .where(outbox.c.id == sa.bindparam("b_id"))
-    .values(
-        status=sa.bindparam("b_status"),
-        result=sa.bindparam("b_result"),
-        attempts=outbox.c.attempts + 1,
-        updated_at=sa.bindparam("b_now"),
-        leased_until=None,
-    )
-)
-retry_outbox = (
-    outbox.update()
-    .where(outbox.c.id == sa.bindparam("b_id"))
-    .values(
-        next_attempt_at=sa.bindparam("b_at"),
-        result=sa.bindparam("b_result"),
-        attempts=outbox.c.attempts + 1,
-        updated_at=sa.bindparam("b_now"),
-        leased_until=None,
-    )
-)
 
 
 def _exists(where: sa.ColumnElement[bool], table: sa.Table) -> sa.ColumnElement[bool]:

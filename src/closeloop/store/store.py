@@ -167,6 +167,12 @@ class Tx:
         rows = self._rows("open_cases_for_account", {"account_id": account_id})
         return [self.d.read_case(row) for row in rows]
 
+    def seen_keys(self, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which (case id, event key) pairs were already applied."""
+        if not pairs:
+            return set()
+        return {(c, k) for c, k in self._rows("seen_keys", self.d.pairs(pairs))}
+
     def seen(self, case_id: str, dedupe_key: str) -> bool:
         return self.c.execute(q.seen, {"case_id": case_id, "key": dedupe_key}).first() is not None
 
@@ -266,12 +272,14 @@ class Tx:
             ("insert_outbox", boxes),
             ("insert_exception", excs),
         )
-        cursor = self.cursor
         for name, rows in writes:
-            if len(rows) == 1:
-                cursor.execute(d.sql[name], rows[0])
-            elif rows:
-                cursor.executemany(d.sql[name], rows)
+            self._many(name, rows)
+
+    def _many(self, name: str, rows: Sequence[dict[str, Any]]) -> None:
+        if len(rows) == 1:
+            self.cursor.execute(self.d.sql[name], rows[0])
+        elif rows:
+            self.cursor.executemany(self.d.sql[name], rows)
 
     # -- due work ----------------------------------------------------------
     def claim_due_timers(self, now: datetime, limit: int) -> list[tuple[str, str]]:
@@ -293,16 +301,16 @@ class Tx:
             )
 
     def claim_outbox(self, kind: str, now: datetime, limit: int) -> list[OutboxItem]:
-        stmt = q.due_outbox_locked if self.dialect == "postgresql" else q.due_outbox
-        rows = self.c.execute(stmt, {"kind": kind, "now": now, "limit": limit})
+        """Due, unleased rows of `kind`, oldest first; on PostgreSQL others' rows are skipped."""
+        rows = self._rows("claim_outbox", {"kind": kind, "now": self.d.time(now), "limit": limit})
         return [
             OutboxItem(
-                id=r.id,
-                case_id=r.case_id,
-                kind=r.kind,
-                idempotency_key=r.idempotency_key,
-                payload=dict(r.payload),
-                attempts=r.attempts,
+                id=r[0],
+                case_id=r[1],
+                kind=r[2],
+                idempotency_key=r[3],
+                payload=dict(self.d.read_json(r[4])),
+                attempts=r[5],
             )
             for r in rows
         ]
@@ -310,7 +318,8 @@ class Tx:
     def lease_outbox(self, ids: Sequence[int], until: datetime) -> None:
         """Hold claimed rows while they are carried out with no transaction open."""
         if ids:
-            self.c.execute(q.lease_outbox, {"ids": list(ids), "until": until})
+            params = {"ids": self.d.ids(ids), "until": self.d.time(until)}
+            self.cursor.execute(self.d.sql["lease_outbox"], params)
 
     def release_leases(self, now: datetime) -> int:
         """End every lease at once: for a single process resuming after a crash."""
@@ -323,18 +332,23 @@ class Tx:
         return self.c.execute(q.next_outbox).scalar_one_or_none()
 
     def finish_outbox(
-        self, item_id: int, status: str, result: dict[str, Any], now: datetime
+        self, finished: Sequence[tuple[int, str, dict[str, Any]]], now: datetime
     ) -> None:
-        self.c.execute(
-            q.finish_outbox, {"b_id": item_id, "b_status": status, "b_result": result, "b_now": now}
-        )
+        """Close leased rows: (outbox id, "done" or "failed", result) each."""
+        at = self.d.time(now)
+        rows = [{"id": i, "status": st, "result": dumps(r), "now": at} for i, st, r in finished]
+        self._many("finish_outbox", rows)
 
     def retry_outbox(
-        self, item_id: int, at: datetime, result: dict[str, Any], now: datetime
+        self, retries: Sequence[tuple[int, datetime, dict[str, Any]]], now: datetime
     ) -> None:
-        self.c.execute(
-            q.retry_outbox, {"b_id": item_id, "b_at": at, "b_result": result, "b_now": now}
-        )
+        """Make leased rows due again later: (outbox id, next attempt, result) each."""
+        at = self.d.time(now)
+        rows = [
+            {"id": i, "at": self.d.time(due), "result": dumps(r), "now": at}
+            for i, due, r in retries
+        ]
+        self._many("retry_outbox", rows)
 
     def outbox_counts(self) -> dict[tuple[str, str], int]:
         stmt = sa.select(outbox.c.kind, outbox.c.status, sa.func.count()).group_by(
