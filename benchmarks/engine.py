@@ -5,7 +5,9 @@ The standard journey for N cases: trigger -> eligibility -> email -> 24 h timer
 (outcome submitted, writeback confirmed). Every wait is made due at once on
 all sides, so the figures measure bookkeeping, not waiting. A case-step is one
 engine input applied: intake, a timer, a customer submission, a writeback
-result (3 per case on every side).
+result (3 per case on every side). Customers submit one at a time (one
+transaction each, as the mini-app does); writebacks are claimed, carried out
+and confirmed in batches, as closeloop's dispatcher does.
 
     python benchmarks/engine.py [--cases N] [--dbos-cases M]
 
@@ -36,9 +38,9 @@ def completes(i: int) -> bool:
 
 # -- closeloop -----------------------------------------------------------------
 def run_closeloop(n: int, folder: Path) -> float:
-    from closeloop.app import Runtime, TriggerIn, Workflows, settle_heap
+    from closeloop.app import Dispatcher, RetryPolicy, Runtime, TriggerIn, Workflows, settle_heap
     from closeloop.clock import SimClock
-    from closeloop.engine import OutcomeSubmitted, RequestWriteback, WritebackSucceeded
+    from closeloop.engine import OutcomeSubmitted
     from closeloop.spec import load_spec_file
     from closeloop.store import Store
     from closeloop.testing import InMemoryConnector, account
@@ -54,6 +56,14 @@ def run_closeloop(n: int, folder: Path) -> float:
         clock=clock,
     )
     runtime.register_workflows()
+    dispatcher = Dispatcher(
+        runtime,
+        channels={},
+        connector=connector,
+        retry=RetryPolicy(),
+        public_url="https://closeloop.invalid",
+        link_lifetime=timedelta(hours=72),
+    )
     settle_heap()  # as `closeloop work` does once it has started
     started = time.perf_counter()
     case_ids = []
@@ -68,15 +78,13 @@ def run_closeloop(n: int, folder: Path) -> float:
         ]
         case_ids += [r.case_id for r in runtime.intake(batch)]
     for i, case_id in enumerate(case_ids):
-        if completes(i):
-            d = runtime.apply(
+        if completes(i):  # one customer at a time, as the mini-app submits
+            runtime.apply(
                 case_id,
                 OutcomeSubmitted(option="pay_now", values={"amount": "100.00"}, key=f"submit:{i}"),
             )
-            (wb,) = [x for x in d.intents if isinstance(x, RequestWriteback)]
-            runtime.apply(
-                case_id, WritebackSucceeded(operation_key=wb.idempotency_key, key=f"wb:{i}")
-            )
+    while dispatcher.run_writebacks(BATCH):  # claimed, carried out, confirmed in batches
+        pass
     for hours in (24, 72):
         clock.set(START + timedelta(hours=hours))
         while runtime.run_due_timers(BATCH):
@@ -89,6 +97,7 @@ def run_closeloop(n: int, folder: Path) -> float:
         "expired": n - sum(map(completes, range(n))),
     }
     assert counts == expected, counts
+    assert len(connector.effects) == expected["resolved"]
     store.dispose()
     return 3 * n / elapsed
 
@@ -233,48 +242,95 @@ def run_raw(n: int, folder: Path) -> float:
             [(case[i], "message", _key("m0", i), _payload("email", i), T0, T0, T0) for i in ids],
         )
         db.execute("COMMIT")
-    for i in range(n):
+    for i in range(n):  # the customers' submissions, one transaction each
         if not completes(i):
             continue
-        for key, status, seq, events in (
-            (f"submit:{i}", "writing_back", 3, (("outcome_submitted", "system", "Paid."),)),
-            (
-                f"wb:{i}",
-                "resolved",
-                5,
-                (("writeback_succeeded", "connector", ""), ("resolved", "engine", "written back")),
-            ),
-        ):
-            db.execute("BEGIN IMMEDIATE")
-            db.execute(SELECT_CASE, (key, case[i])).fetchone()
-            closed = T0 if status == "resolved" else None
-            db.execute(
-                UPDATE_CASE,
-                (status, "enrolled", T0, closed, seq, STATE % (i, 1, '"paid"', 1, i), case[i]),
-            )
-            first_seq = seq - len(events) + 1
-            rows = [
+        key = f"submit:{i}"
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(SELECT_CASE, (key, case[i])).fetchone()
+        state = STATE % (i, 1, '"paid"', 1, i)
+        db.execute(UPDATE_CASE, ("writing_back", "enrolled", T0, None, 3, state, case[i]))
+        data = f'{{"outcome": "paid", "option": "pay_now", "writebacks": ["{_key("w", i)}"]}}'
+        db.execute(
+            INSERT_EVENT, (case[i], 3, "outcome_submitted", "system", T0, "Paid.", data, key)
+        )
+        db.execute("DELETE FROM timers WHERE case_id = ?", (case[i],))
+        payload = f'{{"operation": "post_payment", "data": {{"account_id": "A{i}"}}}}'
+        db.execute(INSERT_OUTBOX, (case[i], "writeback", _key("w", i), payload, T0, T0, T0))
+        db.execute("COMMIT")
+    while True:  # writebacks: claim and lease a batch, then confirm it
+        db.execute("BEGIN IMMEDIATE")
+        claimed = db.execute(
+            "SELECT id, case_id, kind, idempotency_key, payload, attempts FROM outbox "
+            "WHERE kind = 'writeback' AND status = 'pending' AND next_attempt_at <= ? "
+            "AND (leased_until IS NULL OR leased_until <= ?) ORDER BY id LIMIT ?",
+            (T0, T0, BATCH),
+        ).fetchall()
+        db.execute(
+            "UPDATE outbox SET leased_until = ? WHERE id IN (SELECT value FROM json_each(?))",
+            (T1, json.dumps([row[0] for row in claimed])),
+        )
+        db.execute("COMMIT")
+        if not claimed:
+            break
+        db.execute("BEGIN IMMEDIATE")
+        rows = db.execute(
+            f"SELECT {CASE_COLUMNS} FROM cases WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps([row[1] for row in claimed]),),
+        ).fetchall()
+        db.execute(
+            "SELECT case_id, dedupe_key FROM case_events WHERE (case_id, dedupe_key) IN ("
+            "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "
+            "FROM json_each(?))",
+            (json.dumps([(row[1], f"outbox:{row[0]}") for row in claimed]),),
+        ).fetchall()
+        db.executemany(
+            "UPDATE outbox SET status = 'done', result = ?, attempts = attempts + 1, "
+            "updated_at = ?, leased_until = NULL WHERE id = ?",
+            [
+                (f'{{"reference": "ref_{row[3][:8]}", "error": null}}', T0, row[0])
+                for row in claimed
+            ],
+        )
+        number = {c: int(c[5:]) for c, *_ in rows}
+        db.executemany(
+            UPDATE_CASE,
+            [
                 (
-                    case[i],
-                    first_seq + k,
-                    kind,
-                    actor,
+                    "resolved",
+                    "enrolled",
                     T0,
-                    reason,
-                    f'{{"operation_key": "{_key("w", i)}", "reference": ""}}',
-                    key if k == 0 else None,
+                    T0,
+                    5,
+                    STATE % (number[c], 1, '"paid"', 1, number[c]),
+                    c,
                 )
-                for k, (kind, actor, reason) in enumerate(events)
-            ]
-            if len(rows) == 1:
-                db.execute(INSERT_EVENT, rows[0])
-            else:
-                db.executemany(INSERT_EVENT, rows)
-            db.execute("DELETE FROM timers WHERE case_id = ?", (case[i],))
-            if status == "writing_back":
-                payload = f'{{"operation": "post_payment", "data": {{"account_id": "A{i}"}}}}'
-                db.execute(INSERT_OUTBOX, (case[i], "writeback", _key("w", i), payload, T0, T0, T0))
-            db.execute("COMMIT")
+                for c, *_ in rows
+            ],
+        )
+        box = {row[1]: row[0] for row in claimed}
+        db.executemany(
+            INSERT_EVENT,
+            [
+                event
+                for c, *_ in rows
+                for event in (
+                    (
+                        c,
+                        4,
+                        "writeback_succeeded",
+                        "connector",
+                        T0,
+                        "",
+                        f'{{"operation_key": "{_key("w", number[c])}", "reference": "ref"}}',
+                        f"outbox:{box[c]}",
+                    ),
+                    (c, 5, "resolved", "engine", T0, "outcome paid written back", "{}", None),
+                )
+            ],
+        )
+        db.executemany("DELETE FROM timers WHERE case_id = ?", [(c,) for c, *_ in rows])
+        db.execute("COMMIT")
     for now, sends in ((T1, True), (T2, False)):
         while True:
             db.execute("BEGIN IMMEDIATE")

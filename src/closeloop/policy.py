@@ -8,7 +8,8 @@ closed: the case is not contacted and the error is the recorded reason.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from copy import copy
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -38,15 +39,51 @@ class OfferedOption:
     maximum: Decimal | None = None
 
 
-def activation(
-    compiled: CompiledSpec,
-    data: Mapping[str, Any],
-    account: Mapping[str, Any],
-    **extra: Mapping[str, Any],
-) -> dict[str, Any]:
-    base = {"case": to_cel(typed(compiled.spec, data)), "account": to_cel(dict(account))}
-    base.update({name: to_cel(dict(value)) for name, value in extra.items()})
-    return base
+def _copier(value: Mapping[str, Any]) -> Callable[[], dict[str, Any]]:
+    return lambda: dict(value)
+
+
+class Facts(Mapping[str, Any]):
+    """What rules see (case, account, ...), converted for CEL on first use.
+
+    A rule reads only some variables (`CompiledRule.roots`); converting the
+    others would cost more than evaluating the rule.
+    """
+
+    def __init__(
+        self,
+        compiled: CompiledSpec,
+        data: Mapping[str, Any],
+        account: Mapping[str, Any],
+        **extra: Mapping[str, Any],
+    ) -> None:
+        self._sources: dict[str, Callable[[], Any]] = {
+            "case": lambda: typed(compiled.spec, data),
+            "account": lambda: dict(account),
+        }
+        self._sources.update({name: _copier(value) for name, value in extra.items()})
+        self._converted: dict[str, Any] = {}
+
+    def with_(self, **extra: Mapping[str, Any]) -> Facts:
+        """These facts plus more variables (what was converted stays converted)."""
+        more = copy(self)
+        more._sources = {**self._sources, **{n: _copier(v) for n, v in extra.items()}}
+        more._converted = {k: v for k, v in self._converted.items() if k not in extra}
+        return more
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._converted:
+            self._converted[name] = to_cel(self._sources[name]())
+        return self._converted[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._sources
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sources)
+
+    def __len__(self) -> int:
+        return len(self._sources)
 
 
 def _run(rule: CompiledRule, env: Mapping[str, Any]) -> Any:
@@ -64,7 +101,7 @@ def eligibility(
     compiled: CompiledSpec, data: Mapping[str, Any], account: Mapping[str, Any]
 ) -> Eligibility:
     """The first failing rule decides; every rule must hold for a case to be eligible."""
-    env = activation(compiled, data, account)
+    env = Facts(compiled, data, account)
     for rule in compiled.eligibility:
         try:
             holds = _run(rule, env)
@@ -75,22 +112,31 @@ def eligibility(
     return Eligibility(eligible=True)
 
 
-def _amount(rule: CompiledRule | None, env: Mapping[str, Any]) -> Decimal | None:
+def _amount(
+    rule: CompiledRule | None, env: Mapping[str, Any], seen: dict[str, Decimal]
+) -> Decimal | None:
     if rule is None:
         return None
-    value = _run(rule, env)
-    return Decimal(str(value)).quantize(_CENT, rounding=ROUND_HALF_UP)
+    if rule.source not in seen:  # minimum and maximum are often the same expression
+        value = _run(rule, env)
+        seen[rule.source] = Decimal(str(value)).quantize(_CENT, rounding=ROUND_HALF_UP)
+    return seen[rule.source]
 
 
 def options(
-    compiled: CompiledSpec, data: Mapping[str, Any], account: Mapping[str, Any]
+    compiled: CompiledSpec,
+    data: Mapping[str, Any],
+    account: Mapping[str, Any],
+    *,
+    facts: Facts | None = None,
 ) -> list[OfferedOption]:
     """The options this case may be offered, in spec order, with computed bounds."""
-    env = activation(compiled, data, account)
+    env = facts if facts is not None else Facts(compiled, data, account)
+    amounts: dict[str, Decimal] = {}
     offered = []
     for kind, option in compiled.spec.miniapp.options.items():
         low_rule, high_rule = compiled.bounds.get(kind, (None, None))
-        low, high = _amount(low_rule, env), _amount(high_rule, env)
+        low, high = _amount(low_rule, env, amounts), _amount(high_rule, env, amounts)
         if low is not None and high is not None and low > high:
             continue  # nothing valid to offer
         offered.append(
@@ -106,11 +152,15 @@ def step_up_required(
     data: Mapping[str, Any],
     account: Mapping[str, Any],
     submission: Mapping[str, Any],
+    *,
+    facts: Facts | None = None,
 ) -> bool:
     """True when a step-up rule asks for a one-time code for this submission."""
+    if not compiled.step_up:
+        return False
     sub = {
         "amount": Decimal(str(submission.get("amount", "0"))),
         "option": str(submission.get("option", "")),
     }
-    env = activation(compiled, data, account, submission=sub)
+    env = (facts if facts is not None else Facts(compiled, data, account)).with_(submission=sub)
     return any(_run(rule, env) is True for rule in compiled.step_up)

@@ -299,7 +299,8 @@ def _submitted(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
         return f"the case is {case.status.value}"
     if spec.identity.known_facts and not case.verified:
         return "identity must be confirmed first"
-    offered = {o.kind: o for o in policy.options(compiled, case.data, case.account)}
+    facts = policy.Facts(compiled, case.data, case.account)
+    offered = {o.kind: o for o in policy.options(compiled, case.data, case.account, facts=facts)}
     option = offered.get(event.option)
     if option is None:
         return f"option {event.option!r} is not offered for this case"
@@ -315,7 +316,7 @@ def _submitted(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
             return f"amount must be between {option.minimum} and {option.maximum}"
         values["amount"] = str(amount)
     submission = {"option": event.option, **values}
-    if policy.step_up_required(compiled, case.data, case.account, submission) and not (
+    if policy.step_up_required(compiled, case.data, case.account, submission, facts=facts) and not (
         event.one_time_code_verified
     ):
         return "a one-time code is required for this action"
