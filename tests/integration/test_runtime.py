@@ -12,9 +12,9 @@ import sqlalchemy as sa
 from closeloop.app import App, Settings, TriggerIn, build
 from closeloop.app.links import token_from_url
 from closeloop.clock import SimClock
-from closeloop.engine import Status
+from closeloop.engine import Disputed, Event, LinkOpened, OptedOut, Status, step
 from closeloop.errors import NotFound, StateError, TriggerError
-from closeloop.store import Store
+from closeloop.store import Applied, Store
 from closeloop.store.database import current_revision
 from tests.conftest import EXAMPLE, NOW
 
@@ -222,3 +222,35 @@ def test_rows_from_the_driver_path_read_the_same_through_sqlalchemy(app: App) ->
     assert [h["kind"] for h in history][:2] == ["opened", "message_requested"]
     assert history[0]["at"] == NOW
     assert due is not None and due > NOW
+
+
+def test_cached_cases_follow_other_processes_and_ignore_rolled_back_writes(
+    app: App, database_url: str, clock: SimClock
+) -> None:
+    """Decoded cases are reused only while the stored seq says they are current."""
+    (result,) = app.runtime.intake([trigger()])
+    assert result.case_id is not None
+    before = app.runtime.case(result.case_id)
+    spec = app.runtime.spec_for(before)
+
+    def apply(store: Store, event: Event, *, fail: bool = False) -> None:
+        with store.transaction() as tx:
+            case, _ = tx.load_case_for_event(before.id, event.key)
+            assert case is not None
+            decision = step(case, event, spec, clock.now())
+            tx.commit_decisions([Applied(decision=decision, dedupe_key=event.key)], clock.now())
+            if fail:
+                raise RuntimeError("the transaction fails after writing")
+
+    other = Store.connect(database_url)  # another worker process on the same database
+    try:
+        apply(other, LinkOpened(channel="sms", key="k1"))
+        after = app.runtime.case(before.id)
+        assert (after.status, after.seq) == (Status.ENGAGED, before.seq + 1)
+        with pytest.raises(RuntimeError):
+            apply(app.store, Disputed(reason="x", key="k2"), fail=True)
+        apply(other, OptedOut(channel="sms", key="k3"))  # the same seq the rollback used
+        final = app.runtime.case(before.id)
+    finally:
+        other.dispose()
+    assert (final.status, final.seq) == (Status.OPTED_OUT, after.seq + 1)

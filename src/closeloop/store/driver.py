@@ -85,7 +85,7 @@ _POSTGRESQL = {
         SELECT {CASE_COLUMNS}, EXISTS (
             SELECT 1 FROM case_events WHERE case_id = cases.id AND dedupe_key = :key
         ) FROM cases WHERE id = :case_id FOR UPDATE OF cases""",
-    "cases_by_ids": f"SELECT {CASE_COLUMNS} FROM cases WHERE id = ANY(:ids)",
+    "cases_by_ids": f"SELECT {CASE_COLUMNS} FROM cases WHERE id = ANY(:ids) ORDER BY id FOR UPDATE",
     "cases_by_triggers": f"SELECT {CASE_COLUMNS} FROM cases WHERE trigger_id = ANY(:ids)",
     "due_timers": """
         SELECT case_id, name FROM timers WHERE due_at <= :now ORDER BY due_at LIMIT :limit
@@ -171,13 +171,21 @@ class Dialect:
             value = value.astimezone(UTC)
         if self.name != "sqlite":
             return value
-        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+        text = _TEXT_OF.get(value)
+        if text is None:
+            text = value.replace(tzinfo=None).isoformat(" ", "microseconds")
+            _remember(_TEXT_OF, value, text)
+        return text
 
     def read_time(self, value: Any) -> datetime | None:
         if value is None:
             return None
         if isinstance(value, str):
-            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+            time = _TIME_OF.get(value)
+            if time is None:
+                time = datetime.fromisoformat(value).replace(tzinfo=UTC)
+                _remember(_TIME_OF, value, time)
+            return time
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
@@ -232,6 +240,19 @@ class Dialect:
             closed_at=self.read_time(row[8]),
             seq=row[9],
         )
+
+
+# Case steps write and read the same few instants over and over (the clock's
+# now, a batch's due time), so SQLite's time text is remembered both ways.
+_TEXT_OF: dict[datetime, str] = {}
+_TIME_OF: dict[str, datetime] = {}
+_TIMES_KEPT = 4096
+
+
+def _remember(memo: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(memo) >= _TIMES_KEPT:
+        memo.clear()
+    memo[key] = value
 
 
 def dumps(value: Any) -> str:

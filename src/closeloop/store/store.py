@@ -8,6 +8,8 @@ per table, which is what keeps bookkeeping close to the speed of raw SQL.
 
 from __future__ import annotations
 
+import itertools
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,6 +66,7 @@ class Store:
         self.engine = engine
         self.dialect = engine.dialect.name
         self.driver = Dialect.of(self.dialect)
+        self.cases = CaseCache()
 
     @classmethod
     def connect(cls, url: str) -> Store:
@@ -78,13 +81,17 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         with self.engine.begin() as connection:
-            yield Tx(connection, self.driver)
+            tx = Tx(connection, self.driver, self.cases)
+            yield tx
+        self.cases.remember(tx.fresh.values())  # committed: now they may be reused
 
     @contextmanager
     def read(self) -> Iterator[Tx]:
         """A Tx for reads only (on SQLite it takes no write lock)."""
         with self.engine.connect() as connection:
-            yield Tx(connection.execution_options(closeloop_read_only=True), self.driver)
+            tx = Tx(connection.execution_options(closeloop_read_only=True), self.driver, self.cases)
+            yield tx
+        self.cases.remember(tx.fresh.values())
 
     def due_work(self, now: datetime) -> dict[str, bool]:
         """Which kinds of work are due now, in one cheap read."""
@@ -97,14 +104,52 @@ class Store:
         }
 
 
+class CaseCache:
+    """Decoded cases by id, reused while their stored `seq` is unchanged.
+
+    Every change to a case bumps its `seq`, and (case, seq) is unique in the
+    history, so a committed (id, seq) has exactly one state in any process:
+    a reader that finds the same seq in the row can skip decoding it. Only
+    committed states are remembered (see `Store.transaction`).
+    """
+
+    def __init__(self, size: int = 20_000) -> None:
+        self.size = size
+        self._cases: dict[str, Case] = {}
+        self._lock = threading.Lock()
+
+    def get(self, case_id: str, seq: int) -> Case | None:
+        case = self._cases.get(case_id)
+        return case if case is not None and case.seq == seq else None
+
+    def remember(self, cases: Iterable[Case]) -> None:
+        with self._lock:
+            for case in cases:
+                self._cases.pop(case.id, None)
+                self._cases[case.id] = case  # newest last
+            excess = len(self._cases) - self.size
+            if excess > 0:
+                for case_id in list(itertools.islice(self._cases, excess + self.size // 10)):
+                    del self._cases[case_id]
+
+
 class Tx:
     """One transaction: SQLAlchemy's connection, and its driver cursor for the hot path."""
 
-    def __init__(self, connection: sa.Connection, driver: Dialect) -> None:
+    def __init__(self, connection: sa.Connection, driver: Dialect, cache: CaseCache) -> None:
         self.c = connection
         self.d = driver
         self.dialect = driver.name
         self._cursor: Any = None
+        self._cache = cache
+        self.fresh: dict[str, Case] = {}  # read or written here; cached once committed
+
+    def _case(self, row: Sequence[Any]) -> Case:
+        case = self._cache.get(row[0], row[9])
+        if case is None:
+            case = self.d.read_case(row)
+            self.fresh[case.id] = case
+        return case
 
     @property
     def cursor(self) -> Any:
@@ -143,29 +188,29 @@ class Tx:
         if not trigger_ids:
             return {}
         rows = self._rows("cases_by_triggers", {"ids": self.d.ids(trigger_ids)})
-        return {case.trigger_id: case for case in map(self.d.read_case, rows)}
+        return {case.trigger_id: case for case in map(self._case, rows)}
 
     def load_case(self, case_id: str) -> Case | None:
         rows = self._rows("case_by_id", {"case_id": case_id})
-        return self.d.read_case(rows[0]) if rows else None
+        return self._case(rows[0]) if rows else None
 
     def load_case_for_event(self, case_id: str, key: str | None) -> tuple[Case | None, bool]:
         """The case, locked for update, and whether an event with `key` was applied to it."""
         rows = self._rows("case_with_seen", {"case_id": case_id, "key": key or ""})
         if not rows:
             return None, False
-        return self.d.read_case(rows[0]), bool(key) and bool(rows[0][-1])
+        return self._case(rows[0]), bool(key) and bool(rows[0][-1])
 
     def load_cases(self, case_ids: Sequence[str]) -> dict[str, Case]:
         if not case_ids:
             return {}
         rows = self._rows("cases_by_ids", {"ids": self.d.ids(case_ids)})
-        return {case.id: case for case in map(self.d.read_case, rows)}
+        return {case.id: case for case in map(self._case, rows)}
 
     def open_cases_for_account(self, account_id: str) -> list[Case]:
         """The account's live cases, oldest first, locked for update on PostgreSQL."""
         rows = self._rows("open_cases_for_account", {"account_id": account_id})
-        return [self.d.read_case(row) for row in rows]
+        return [self._case(row) for row in rows]
 
     def seen_keys(self, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which (case id, event key) pairs were already applied."""
@@ -214,6 +259,7 @@ class Tx:
             if not decision.history:
                 continue
             (inserts if item.new else updates).append(d.case_params(decision.case))
+            self.fresh[case_id] = decision.case
             first_seq = decision.case.seq - len(decision.history) + 1
             for offset, entry in enumerate(decision.history):
                 events.append(
