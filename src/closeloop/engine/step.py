@@ -53,18 +53,27 @@ class _Draft:
     """Accumulates one decision: state changes, history, intents, timers."""
 
     def __init__(self, case: Case, now: datetime) -> None:
-        self.case = case
+        self._case = case
+        self._changes: dict[str, Any] = {}
         self.now = now
         self.history: list[Entry] = []
         self.intents: list[Intent] = []
         self.timers: list[SetTimer] = []
         self.cancel = False
 
+    @property
+    def case(self) -> Case:
+        """The case with every change so far (changes are applied when it is read)."""
+        if self._changes:
+            self._case = self._case.evolve(**self._changes)
+            self._changes = {}
+        return self._case
+
     def record(self, kind: str, actor: str, reason: str = "", **data: Any) -> None:
         self.history.append(Entry(kind=kind, actor=actor, at=self.now, reason=reason, data=data))
 
     def change(self, **changes: Any) -> None:
-        self.case = self.case.evolve(**changes)
+        self._changes.update(changes)
 
     def close(self, status: Status, actor: str, reason: str, **data: Any) -> None:
         self.change(status=status, closed_at=self.now, reason=reason)
@@ -73,8 +82,9 @@ class _Draft:
         self.record(status.value, actor, reason, **data)
 
     def decision(self) -> Decision:
-        seq = self.case.seq + len(self.history)
-        case = self.case.evolve(seq=seq, updated_at=self.now) if self.history else self.case
+        if self.history:
+            self.change(seq=self._case.seq + len(self.history), updated_at=self.now)
+        case = self.case
         return Decision(
             case=case,
             history=tuple(self.history),

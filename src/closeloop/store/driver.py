@@ -23,6 +23,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -48,6 +49,7 @@ _STATE_FIELDS = (
     "agent_touched",
     "reason",
 )
+_state_of = attrgetter(*_STATE_FIELDS)
 _JSON_PARAMS = frozenset({"state", "data", "payload", "result"})
 _OUTBOX_COLUMNS = "id, case_id, kind, idempotency_key, payload, attempts"
 _OUTBOX_DUE = (
@@ -202,7 +204,7 @@ class Dialect:
 
     # -- cases -------------------------------------------------------------
     def case_params(self, case: Case) -> dict[str, Any]:
-        state: dict[str, Any] = {name: getattr(case, name) for name in _STATE_FIELDS}
+        state: dict[str, Any] = dict(zip(_STATE_FIELDS, _state_of(case), strict=True))
         state["contacts"] = [
             {"channel": c.channel, "address": c.address, "consent": c.consent}
             for c in case.contacts
