@@ -1,0 +1,21 @@
+"""Phone numbers: every SMS or WhatsApp address is valid E.164 before a send."""
+
+from __future__ import annotations
+
+import phonenumbers
+
+
+def e164_problem(address: str) -> str | None:
+    """Why `address` is not a valid E.164 number, or None when it is."""
+    if not address.startswith("+"):
+        return f"{address!r} is not in E.164 form (+ and country code)"
+    try:
+        number = phonenumbers.parse(address, None)
+    except phonenumbers.NumberParseException as exc:
+        return f"{address!r} is not a phone number: {exc}"
+    if not phonenumbers.is_valid_number(number):
+        return f"{address!r} is not a valid number for its country"
+    formatted = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if formatted != address:
+        return f"{address!r} is not in E.164 form (expected {formatted})"
+    return None
