@@ -103,3 +103,36 @@ def test_explain_is_the_reviewer_page() -> None:
     for heading in ("WHO IS CONTACTED", "IDENTITY", "WHAT DONE MEANS", "evidence kept", "CONTACT"):
         assert heading in page
     assert 'if not: "account under legal hold"' in page
+
+
+def test_every_email_and_sms_says_how_to_opt_out() -> None:
+    text = edit("Reply STOP to opt out.", "Thanks.")
+    text = text.replace("      To stop these emails: {{ unsubscribe_url }}\n", "", 1)
+    found = problems_of(text)
+    sms_line = line_of(text, 'body: "Your payment of')
+    assert (
+        f"bad.yaml:{sms_line}:11: templates.declined_card_sms.body: an SMS must say how"
+        in (found[1][: found[1].index("how") + 3])
+    )
+    assert (
+        "templates.declined_card_email.body: an email must carry its unsubscribe link" in (found[0])
+    )
+    assert len(found) == 2
+
+
+def test_contact_policy_section_is_validated() -> None:
+    text = edit('hours: {start: "08:00", end: "21:00"}', 'hours: {start: "21:00", end: "8am"}')
+    text = text.replace("{scope: customer, max: 3, per: 7d}", "{scope: customer, max: 3}")
+    text = text.replace("    MA: {", "    Mass: {")
+    text = text.replace(
+        "      fallback: {channel: email", "      priority: urgent\n      fallback: {channel: email"
+    )
+    found = "\n".join(problems_of(text))
+    assert "contact.hours.end: expected a local time such as 08:00 or 20:30" in found
+    assert "contact.caps[0]: a customer cap needs a window, for example per: 7d" in found
+    assert "contact.jurisdictions.Mass.[key]: expected a two-letter region code such as MA" in found
+    assert "outreach.steps[2].priority: expected one of 'required' or 'nudge'" in found
+    only_whatsapp = edit(
+        "    channel: whatsapp\n    approved_name", "    channel: sms\n    approved_name"
+    )
+    assert any("only WhatsApp templates have" in p for p in problems_of(only_whatsapp))

@@ -8,6 +8,7 @@ meaning of the whole (references between sections, CEL rules, reachability).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -141,13 +142,16 @@ def load_spec(text: str, *, filename: str = "<spec>") -> CompiledSpec:
                 message = "required key is missing"
             elif error["type"] == "string_pattern_mismatch":
                 pattern = str((error.get("ctx") or {}).get("pattern", ""))
-                message = (
-                    "expected an event name such as payment.failed"
-                    if "\\." in pattern
-                    else "expected a lower-case name (a-z, 0-9, _), starting with a letter"
-                )
+                if "\\." in pattern:
+                    message = "expected an event name such as payment.failed"
+                elif "A-Z" in pattern:
+                    message = "expected a two-letter region code such as MA"
+                else:
+                    message = "expected a lower-case name (a-z, 0-9, _), starting with a letter"
             elif error["type"] == "literal_error":
                 message = message.replace("Input should be", "expected one of")
+            elif error["type"] == "value_error":
+                message = message.removeprefix("Value error, ")
             problems.append(problem(loc, message, value=error["type"] != "extra_forbidden"))
         raise SpecError(sorted(problems, key=lambda p: (p.line, p.column))) from exc
     return _check_meaning(spec, text, problem)
@@ -257,6 +261,8 @@ def _check_meaning(spec: Spec, text: str, problem: Any) -> CompiledSpec:
             )
         )
 
+    _check_templates(spec, problems, problem)
+
     needed = {"writeback_failed": "outcomes have writebacks", "disputed": "customers may dispute"}
     if spec.identity.known_facts:
         needed["identity_locked"] = "identity checks can lock"
@@ -273,6 +279,35 @@ def _check_meaning(spec: Spec, text: str, problem: Any) -> CompiledSpec:
         bounds=bounds,
         source=text,
     )
+
+
+_SMS_OPT_OUT = re.compile(r"\bSTOP\b")
+_UNSUBSCRIBE = re.compile(r"\{\{\s*unsubscribe_url\s*\}\}")
+
+
+def _check_templates(spec: Spec, problems: list[Problem], problem: Any) -> None:
+    """Every email and SMS says how to opt out; only WhatsApp has approved templates."""
+    for name, template in spec.templates.items():
+        path: Path_ = ("templates", name, "body")
+        if template.channel == "sms" and not _SMS_OPT_OUT.search(template.body):
+            problems.append(
+                problem(path, "an SMS must say how to opt out, for example 'Reply STOP to opt out'")
+            )
+        if template.channel == "email" and not _UNSUBSCRIBE.search(template.body):
+            problems.append(
+                problem(
+                    path,
+                    "an email must carry its unsubscribe link: put {{ unsubscribe_url }} in the "
+                    "body (closeloop also sends it as List-Unsubscribe)",
+                )
+            )
+        if template.approved_name is not None and template.channel != "whatsapp":
+            problems.append(
+                problem(
+                    ("templates", name, "approved_name"),
+                    "only WhatsApp templates have a provider-approved name",
+                )
+            )
 
 
 def _check_template(

@@ -10,10 +10,10 @@ cases that leave the happy path go (exceptions).
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import time, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 FieldType = Literal["string", "decimal", "integer", "boolean", "date", "timestamp", "list"]
 Channel = Literal["email", "sms", "whatsapp", "webhook"]
@@ -50,6 +50,7 @@ ExceptionReason = Literal[
 ]
 StepCondition = Literal["always", "not_opened", "not_verified"]
 
+_CLOCK = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*$")
 _DURATION = re.compile(r"^\s*(\d+)\s*(m|h|d|w)\s*$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -159,6 +160,9 @@ class Step(SpecModel):
     wait: Duration
     condition: StepCondition = Field(default="always", alias="if")
     fallback: Fallback | None = None
+    priority: Literal["required", "nudge"] = Field(
+        default="nudge", description="required notices go before nudges under fatigue caps"
+    )
 
 
 class Outreach(SpecModel):
@@ -170,6 +174,65 @@ class Template(SpecModel):
     channel: Channel
     subject: str | None = None
     body: str = Field(min_length=1)
+    approved_name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="WhatsApp: the provider-approved template this body is (sendable any time)",
+    )
+
+
+def parse_clock_time(value: Any) -> time:
+    """Parse ``08:00`` (24-hour local time)."""
+    if isinstance(value, time):
+        return value
+    match = _CLOCK.match(str(value)) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError("expected a local time such as 08:00 or 20:30")
+    hour, minute = int(match.group(1)), int(match.group(2))
+    if hour > 23 or minute > 59:
+        raise ValueError("expected a local time between 00:00 and 23:59")
+    return time(hour, minute)
+
+
+ClockTime = Annotated[time, BeforeValidator(parse_clock_time)]
+
+
+class Hours(SpecModel):
+    """Local hours in which the customer may be contacted."""
+
+    start: ClockTime = time(8, 0)
+    end: ClockTime = time(21, 0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Hours:
+        if not self.start < self.end:
+            raise ValueError(
+                f"hours must start before they end ({self.start:%H:%M}-{self.end:%H:%M})"
+            )
+        return self
+
+
+class CapRule(SpecModel):
+    scope: Literal["customer", "case"]
+    max: int = Field(ge=1, le=1000)
+    per: Duration | None = None
+
+    @model_validator(mode="after")
+    def _window(self) -> CapRule:
+        if self.scope == "customer" and self.per is None:
+            raise ValueError("a customer cap needs a window, for example per: 7d")
+        return self
+
+
+class ContactPolicy(SpecModel):
+    hours: Hours = Field(default_factory=Hours)
+    jurisdictions: dict[Annotated[str, Field(pattern=r"^[A-Z]{2}$")], Hours] = Field(
+        default_factory=dict, description="hours by the region (US state) of the postal address"
+    )
+    caps: list[CapRule] = Field(default_factory=list)
+
+    def hours_for(self, region: str | None) -> Hours:
+        return self.jurisdictions.get((region or "").upper(), self.hours)
 
 
 class ExceptionRoute(SpecModel):
@@ -190,6 +253,7 @@ class Spec(SpecModel):
     outreach: Outreach
     templates: dict[Name, Template] = Field(default_factory=dict)
     exceptions: dict[ExceptionReason, ExceptionRoute] = Field(default_factory=dict)
+    contact: ContactPolicy = Field(default_factory=ContactPolicy)
 
     @field_validator("eligibility")
     @classmethod
