@@ -59,9 +59,18 @@ def app(database_url: str, tmp_path: Path, clock: SimClock) -> App:
 
 
 def test_migrations_bring_the_schema_to_head(app: App) -> None:
-    assert current_revision(app.store.engine) == "0001"
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from closeloop.store.tables import metadata
+
+    assert current_revision(app.store.engine) == "0002"
     names = set(sa.inspect(app.store.engine).get_table_names())
     assert {"cases", "case_events", "timers", "outbox", "exceptions", "links"} <= names
+    assert {"consents", "contact_log", "unsubscribe_tokens"} <= names
+    with app.store.engine.connect() as connection:
+        drift = compare_metadata(MigrationContext.configure(connection), metadata)
+    assert drift == [], drift  # the migrations build exactly the tables the code maps
 
 
 def test_intake_is_idempotent_on_the_trigger_id(app: App) -> None:

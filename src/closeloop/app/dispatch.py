@@ -20,14 +20,19 @@ from closeloop.app import links
 from closeloop.app.runtime import Runtime
 from closeloop.channels import Channel, OutgoingMessage, SendResult, render_message
 from closeloop.connectors import Connector, WritebackResult
+from closeloop.contact import ContactRules, Proposed, Recipient, Sent, Verdict, decide
 from closeloop.engine import (
     Case,
     Event,
+    MessageDeferred,
     MessageFailed,
     MessageSent,
     WritebackFailed,
     WritebackSucceeded,
+    region_of,
+    rules_for,
     step,
+    zones_of,
 )
 from closeloop.errors import InputError
 from closeloop.ids import rng_for
@@ -68,6 +73,7 @@ class Dispatcher:
         self.retry = retry
         self.public_url = public_url
         self.link_lifetime = link_lifetime
+        self._rules_cache: dict[tuple[str, str | None], ContactRules] = {}
 
     def release_leases(self) -> None:
         """Make leased rows due now: for a single process resuming after a crash."""
@@ -76,13 +82,21 @@ class Dispatcher:
 
     # -- messages ------------------------------------------------------------
     def send_messages(self, limit: int = 500) -> int:
+        """Claim due messages, ask contact policy about each, send what may go now."""
+        now = self.runtime.clock.now()
         with self.runtime.store.transaction() as tx:
             claimed = self._lease(tx, "message", limit)
-            prepared = self._prepare(tx, claimed)
+            cases = tx.load_cases(sorted({i.case_id for i in claimed}))
+            verdicts = self._gate(tx, claimed, cases, now)
+            prepared = self._prepare(tx, [i for i in claimed if verdicts[i.id].sends], cases)
         if not claimed:
             return 0
-        results = []
+        results: list[tuple[OutboxItem, SendResult | Verdict]] = []
         for item in claimed:
+            verdict = verdicts[item.id]
+            if not verdict.sends:
+                results.append((item, verdict))
+                continue
             message = prepared.get(item.id)
             if message is None:
                 results.append((item, SendResult(status="failed", reason="could not render")))
@@ -97,8 +111,41 @@ class Dispatcher:
         now = self.runtime.clock.now()
         with self.runtime.store.transaction() as tx:
             back = _FeedBack(self.runtime, tx, [i for i, _ in results], now)
+            sent_rows = []
             for item, result in results:
                 payload = item.payload
+                event: Event
+                if isinstance(result, Verdict):
+                    if result.action == "defer":
+                        assert result.at is not None
+                        back.deferrals.append(
+                            (
+                                item.id,
+                                result.at,
+                                {"deferred": result.reason, "detail": result.detail},
+                            )
+                        )
+                        event = MessageDeferred(
+                            message_id=item.idempotency_key,
+                            channel=payload["channel"],
+                            reason=result.reason,
+                            detail=result.detail,
+                            until=result.at,
+                            key=f"outbox:{item.id}:deferred:{result.at.isoformat()}",
+                        )
+                    else:
+                        back.finished.append(
+                            (item.id, "failed", {"blocked": result.reason, "detail": result.detail})
+                        )
+                        event = MessageFailed(
+                            message_id=item.idempotency_key,
+                            channel=payload["channel"],
+                            step=payload["step"],
+                            reason=f"{result.reason}: {result.detail}",
+                            key=f"outbox:{item.id}",
+                        )
+                    back.apply(item, event)
+                    continue
                 if result.status == "retry" and item.attempts + 1 < self.retry.max_attempts:
                     back.retries.append(
                         (
@@ -112,8 +159,18 @@ class Dispatcher:
                 back.finished.append(
                     (item.id, status, {"reason": result.reason, "provider_id": result.provider_id})
                 )
-                event: Event
                 if result.status == "sent":
+                    case = cases.get(item.case_id)
+                    sent_rows.append(
+                        {
+                            "account_id": case.account_id if case else "",
+                            "case_id": item.case_id,
+                            "channel": payload["channel"],
+                            "address": payload["address"],
+                            "priority": payload.get("priority", "nudge"),
+                            "sent_at": now,
+                        }
+                    )
                     event = MessageSent(
                         message_id=item.idempotency_key,
                         channel=payload["channel"],
@@ -128,8 +185,74 @@ class Dispatcher:
                         key=f"outbox:{item.id}",
                     )
                 back.apply(item, event)
+            tx.log_sent(sent_rows)
             back.commit()
         return len(claimed)
+
+    def _gate(
+        self, tx: Tx, claimed: list[OutboxItem], cases: dict[str, Case], now: datetime
+    ) -> dict[int, Verdict]:
+        """Contact policy's verdict on each claimed message, as of `now`.
+
+        What one message is allowed counts against the next of the same
+        customer in this batch, so a batch never overruns a cap.
+        """
+        accounts = {c.account_id for c in cases.values()}
+        ledger = tx.consents_for((i.payload["channel"], i.payload["address"]) for i in claimed)
+        longest = max(
+            (cap.per for c in cases.values() for cap in self._rules(c, tx).caps if cap.per),
+            default=None,
+        )
+        sent = tx.sent_since(accounts, now - longest) if longest else {}
+        waiting = tx.waiting_required(accounts) if longest else {}
+        verdicts: dict[int, Verdict] = {}
+        for item in claimed:
+            case = cases.get(item.case_id)
+            if case is None:
+                verdicts[item.id] = Verdict(action="block", reason="no_consent", detail="no case")
+                continue
+            payload = item.payload
+            compiled = self.runtime.spec_for(case, tx)
+            template = compiled.spec.templates.get(payload["template"])
+            contact = next(
+                (
+                    c
+                    for c in case.contacts
+                    if c.channel == payload["channel"] and c.address == payload["address"]
+                ),
+                None,
+            )
+            message = Proposed(
+                case_id=case.id,
+                channel=payload["channel"],
+                address=payload["address"],
+                priority=payload.get("priority", "nudge"),
+                account_consent=contact.consent if contact else False,
+                approved_template=template.approved_name if template else None,
+            )
+            recipient = Recipient(
+                zones=zones_of(case),
+                consents=tuple(r for r in ledger if r.address == payload["address"]),
+                sent=tuple(sent.get(case.account_id, ())),
+                waiting_required=waiting.get(case.account_id, 0),
+            )
+            verdict = decide(message, recipient, self._rules(case, tx), now)
+            verdicts[item.id] = verdict
+            if verdict.sends and case.account_id in sent:
+                sent[case.account_id].append(
+                    Sent(
+                        at=now, case_id=case.id, channel=message.channel, priority=message.priority
+                    )
+                )
+        return verdicts
+
+    def _rules(self, case: Case, tx: Tx) -> ContactRules:
+        compiled = self.runtime.spec_for(case, tx)
+        key = (compiled.key, region_of(case))
+        rules = self._rules_cache.get(key)
+        if rules is None:
+            rules = self._rules_cache[key] = rules_for(compiled, case)
+        return rules
 
     def _lease(self, tx: Tx, kind: str, limit: int) -> list[OutboxItem]:
         """Claim due rows of `kind` and hold them for the length of a lease."""
@@ -138,11 +261,12 @@ class Dispatcher:
         tx.lease_outbox([i.id for i in claimed], now + LEASE)
         return claimed
 
-    def _prepare(self, tx: Tx, claimed: list[OutboxItem]) -> dict[int, OutgoingMessage]:
-        """Render each claimed message with a fresh link, by outbox id."""
+    def _prepare(
+        self, tx: Tx, claimed: list[OutboxItem], cases: dict[str, Case]
+    ) -> dict[int, OutgoingMessage]:
+        """Render each message with a fresh link (and unsubscribe link), by outbox id."""
         now = self.runtime.clock.now()
         prepared: dict[int, OutgoingMessage] = {}
-        cases = tx.load_cases(sorted({i.case_id for i in claimed}))
         for item in claimed:
             case = cases.get(item.case_id)
             if case is None:
@@ -162,6 +286,16 @@ class Dispatcher:
                 "link": url,
                 "first_name": case.account.get("first_name", ""),
             }
+            if item.payload["channel"] == "email":
+                context["unsubscribe_url"] = links.issue_unsubscribe(
+                    tx,
+                    channel="email",
+                    address=item.payload["address"],
+                    account_id=case.account_id,
+                    case_id=case.id,
+                    now=now,
+                    public_url=self.public_url,
+                )
             try:
                 subject, body = render_message(template.subject, template.body, context)
             except InputError as exc:
@@ -249,14 +383,16 @@ class _FeedBack:
     def __init__(self, runtime: Runtime, tx: Tx, items: list[OutboxItem], now: datetime) -> None:
         self.runtime, self.tx, self.now = runtime, tx, now
         self.cases: dict[str, Case] = tx.load_cases(sorted({i.case_id for i in items}))
+        # Results are keyed by outbox row; a deferral adds its time to the key.
         self.seen = tx.seen_keys([(i.case_id, f"outbox:{i.id}") for i in items])
         self.finished: list[tuple[int, str, dict[str, Any]]] = []
         self.retries: list[tuple[int, datetime, dict[str, Any]]] = []
+        self.deferrals: list[tuple[int, datetime, dict[str, Any]]] = []
         self.batch: list[Applied] = []
 
     def apply(self, item: OutboxItem, event: Event) -> None:
         case = self.cases.get(item.case_id)
-        if case is None or (case.id, f"outbox:{item.id}") in self.seen:
+        if case is None or (case.id, event.key) in self.seen:
             return
         decision = step(case, event, self.runtime.spec_for(case, self.tx), self.now)
         self.cases[case.id] = decision.case
@@ -265,4 +401,5 @@ class _FeedBack:
     def commit(self) -> None:
         self.tx.finish_outbox(self.finished, self.now)
         self.tx.retry_outbox(self.retries, self.now)
+        self.tx.defer_outbox(self.deferrals, self.now)
         self.tx.commit_decisions(self.batch, self.now)

@@ -1,4 +1,4 @@
-"""Signed, single-use mini-app links: a random token, stored only as a hash."""
+"""Mini-app and unsubscribe links: a random token each, stored only as a hash."""
 
 from __future__ import annotations
 
@@ -24,3 +24,26 @@ def issue(
 
 def token_from_url(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def issue_unsubscribe(
+    tx: Tx,
+    *,
+    channel: str,
+    address: str,
+    account_id: str,
+    case_id: str,
+    now: datetime,
+    public_url: str,
+) -> str:
+    """A one-click unsubscribe URL for this address (RFC 8058); the token is never stored."""
+    token = secrets.token_urlsafe(24)
+    tx.save_unsubscribe(
+        token_hash(token),
+        channel=channel,
+        address=address,
+        account_id=account_id,
+        case_id=case_id,
+        now=now,
+    )
+    return f"{public_url.rstrip('/')}/u/{token}"

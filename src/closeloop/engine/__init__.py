@@ -18,6 +18,7 @@ from closeloop.engine.events import (
     Event,
     IdentityChecked,
     LinkOpened,
+    MessageDeferred,
     MessageFailed,
     MessageSent,
     Opened,
@@ -27,6 +28,7 @@ from closeloop.engine.events import (
     WritebackFailed,
     WritebackSucceeded,
 )
+from closeloop.engine.reach import region_of, rules_for, zones_of
 from closeloop.engine.step import CADENCE, EXPIRE, step
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "IdentityChecked",
     "Intent",
     "LinkOpened",
+    "MessageDeferred",
     "MessageFailed",
     "MessageSent",
     "OpenException",
@@ -57,5 +60,8 @@ __all__ = [
     "TimerFired",
     "WritebackFailed",
     "WritebackSucceeded",
+    "region_of",
+    "rules_for",
     "step",
+    "zones_of",
 ]

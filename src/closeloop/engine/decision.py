@@ -33,6 +33,7 @@ class SendMessage:
     template: str
     step: int
     step_name: str
+    priority: str = "nudge"
 
 
 @dataclass(frozen=True, kw_only=True)

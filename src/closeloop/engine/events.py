@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 
@@ -43,6 +44,17 @@ class MessageFailed(Event):
     step: int
     reason: str
     permanent: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class MessageDeferred(Event):
+    """Contact policy held a message back; it goes out at `until` by the same path."""
+
+    message_id: str
+    channel: str
+    reason: str  # quiet_hours, fatigue_cap
+    detail: str
+    until: datetime
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,7 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from closeloop import policy
-from closeloop.contact import next_contact_time
+from closeloop.contact import next_allowed
 from closeloop.engine.case import Case, Status
 from closeloop.engine.decision import (
     Decision,
@@ -32,6 +32,7 @@ from closeloop.engine.events import (
     Event,
     IdentityChecked,
     LinkOpened,
+    MessageDeferred,
     MessageFailed,
     MessageSent,
     Opened,
@@ -41,6 +42,7 @@ from closeloop.engine.events import (
     WritebackFailed,
     WritebackSucceeded,
 )
+from closeloop.engine.reach import rules_for, zones_of
 from closeloop.ids import idempotency_key
 from closeloop.spec.loader import CompiledSpec
 
@@ -166,22 +168,43 @@ def _cadence(d: _Draft, compiled: CompiledSpec) -> None:
             d.record("step_skipped", "policy", skip, step=step_.name)
             continue
         assert contact is not None
-        allowed = next_contact_time(d.now, d.case.time_zone)
+        rules, zones = rules_for(compiled, d.case), zones_of(d.case)
+        allowed = next_allowed(d.now, zones, rules.window)
+        if allowed is None:
+            d.change(next_step=index + 1)
+            d.record(
+                "step_skipped",
+                "policy",
+                "no minute is inside contact hours in every possible time zone",
+                step=step_.name,
+                code="no_common_hours",
+                zones=list(zones),
+            )
+            continue
         if allowed > d.now:
             d.timers.append(SetTimer(name=CADENCE, due_at=allowed))
             d.record(
                 "step_deferred",
                 "policy",
-                "quiet hours in the customer's time zone",
+                f"quiet hours in {', '.join(zones)}",
                 step=step_.name,
+                code="quiet_hours",
                 until=allowed.isoformat(),
             )
             return
-        _send(d, index, step_.name, channel, contact.address, template)
+        _send(d, index, step_.name, channel, contact.address, template, step_.priority)
         d.change(next_step=index + 1)
 
 
-def _send(d: _Draft, index: int, name: str, channel: str, address: str, template: str) -> None:
+def _send(
+    d: _Draft,
+    index: int,
+    name: str,
+    channel: str,
+    address: str,
+    template: str,
+    priority: str = "nudge",
+) -> None:
     key = idempotency_key(d.case.id, "message", str(index), channel)
     d.intents.append(
         SendMessage(
@@ -191,6 +214,7 @@ def _send(d: _Draft, index: int, name: str, channel: str, address: str, template
             template=template,
             step=index,
             step_name=name,
+            priority=priority,
         )
     )
     d.change(touches=d.case.touches + 1)
@@ -256,7 +280,22 @@ def _message_failed(d: _Draft, event: Event, compiled: CompiledSpec) -> str | No
                 fallback.channel,
                 contact.address,
                 fallback.template,
+                steps[event.step].priority,
             )
+    return None
+
+
+def _message_deferred(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
+    assert isinstance(event, MessageDeferred)
+    d.record(
+        "message_deferred",
+        "policy",
+        event.detail,
+        channel=event.channel,
+        message_key=event.message_id,
+        code=event.reason,
+        until=event.until.isoformat(),
+    )
     return None
 
 
@@ -448,6 +487,7 @@ _HANDLERS: dict[type[Event], Callable[[_Draft, Event, CompiledSpec], str | None]
     Opened: _opened,
     TimerFired: _timer,
     MessageSent: _message_sent,
+    MessageDeferred: _message_deferred,
     MessageFailed: _message_failed,
     LinkOpened: _link_opened,
     IdentityChecked: _identity,

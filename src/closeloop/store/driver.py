@@ -52,6 +52,9 @@ _STATE_FIELDS = (
 _state_of = attrgetter(*_STATE_FIELDS)
 _JSON_PARAMS = frozenset({"state", "data", "payload", "result"})
 _OUTBOX_COLUMNS = "id, case_id, kind, idempotency_key, payload, attempts"
+_CONSENT_COLUMNS = (
+    "channel, address, granted, at, actor, method, source, notice_version, account_id"
+)
 _OUTBOX_DUE = (
     "kind = :kind AND status = 'pending' AND next_attempt_at <= :now "
     "AND (leased_until IS NULL OR leased_until <= :now)"
@@ -79,6 +82,20 @@ _SQLITE = {
             FROM json_each(:pairs))""",
     "claim_outbox": f"""
         SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE {_OUTBOX_DUE} ORDER BY id LIMIT :limit""",
+    "consents_for": f"""
+        SELECT {_CONSENT_COLUMNS} FROM consents WHERE (channel, address) IN (
+            SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
+            FROM json_each(:pairs))
+        ORDER BY at, id""",
+    "sent_since": """
+        SELECT account_id, case_id, channel, priority, sent_at FROM contact_log
+        WHERE account_id IN (SELECT value FROM json_each(:ids)) AND sent_at > :since""",
+    "waiting_required": """
+        SELECT cases.account_id, count(*) FROM outbox JOIN cases ON outbox.case_id = cases.id
+        WHERE outbox.kind = 'message' AND outbox.status = 'pending'
+        AND json_extract(outbox.payload, '$.priority') = 'required'
+        AND cases.account_id IN (SELECT value FROM json_each(:ids))
+        GROUP BY cases.account_id""",
     "lease_outbox": """
         UPDATE outbox SET leased_until = :until WHERE id IN (SELECT value FROM json_each(:ids))""",
 }
@@ -102,6 +119,18 @@ _POSTGRESQL = {
         SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE {_OUTBOX_DUE} ORDER BY id LIMIT :limit
         FOR UPDATE SKIP LOCKED""",
     "lease_outbox": "UPDATE outbox SET leased_until = :until WHERE id = ANY(:ids)",
+    "consents_for": f"""
+        SELECT {_CONSENT_COLUMNS} FROM consents WHERE (channel, address) IN (
+            SELECT * FROM unnest(CAST(:cases AS text[]), CAST(:keys AS text[])))
+        ORDER BY at, id""",
+    "sent_since": """
+        SELECT account_id, case_id, channel, priority, sent_at FROM contact_log
+        WHERE account_id = ANY(:ids) AND sent_at > :since""",
+    "waiting_required": """
+        SELECT cases.account_id, count(*) FROM outbox JOIN cases ON outbox.case_id = cases.id
+        WHERE outbox.kind = 'message' AND outbox.status = 'pending'
+        AND outbox.payload ->> 'priority' = 'required' AND cases.account_id = ANY(:ids)
+        GROUP BY cases.account_id""",
 }
 _COMMON = {
     "case_by_id": f"SELECT {CASE_COLUMNS} FROM cases WHERE id = :case_id",
@@ -125,6 +154,12 @@ _COMMON = {
         next_attempt_at, leased_until, created_at, updated_at, result)
         VALUES (:case_id, :kind, :idempotency_key, :payload, 'pending', 0, :now, NULL,
         :now, :now, NULL)""",
+    "defer_outbox": """
+        UPDATE outbox SET next_attempt_at = :at, result = :result, updated_at = :now,
+        leased_until = NULL WHERE id = :id""",
+    "log_sent": """
+        INSERT INTO contact_log (account_id, case_id, channel, address, priority, sent_at)
+        VALUES (:account_id, :case_id, :channel, :address, :priority, :sent_at)""",
     "finish_outbox": """
         UPDATE outbox SET status = :status, result = :result, attempts = attempts + 1,
         updated_at = :now, leased_until = NULL WHERE id = :id""",

@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from closeloop.store.tables import case_events, links, outbox, timers
+from closeloop.store.tables import case_events, links, outbox, timers, unsubscribe_tokens
 
 _now: sa.BindParameter[object] = sa.bindparam("now")
 
@@ -63,3 +63,5 @@ use_link = (
     .where(links.c.token_hash == sa.bindparam("b_hash"), links.c.used_at.is_(None))
     .values(used_at=sa.bindparam("b_now"))
 )
+
+insert_unsubscribe = unsubscribe_tokens.insert()

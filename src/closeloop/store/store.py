@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from closeloop.contact import ConsentRecord, Sent
 from closeloop.engine import (
     Case,
     Decision,
@@ -32,9 +33,11 @@ from closeloop.store.driver import Dialect, dumps
 from closeloop.store.tables import (
     backend_events,
     cases,
+    consents,
     links,
     outbox,
     timers,
+    unsubscribe_tokens,
     workflows,
 )
 
@@ -411,6 +414,124 @@ class Tx:
         )
         return {ch: n for ch, n in self.c.execute(stmt).all()}
 
+    def defer_outbox(
+        self, deferrals: Sequence[tuple[int, datetime, dict[str, Any]]], now: datetime
+    ) -> None:
+        """Hold leased rows back until a later time; a deferral is not a failed attempt."""
+        at = self.d.time(now)
+        rows = [
+            {"id": i, "at": self.d.time(until), "result": dumps(r), "now": at}
+            for i, until, r in deferrals
+        ]
+        self._many("defer_outbox", rows)
+
+    # -- contact policy ------------------------------------------------------
+    def consents_for(self, addresses: Iterable[tuple[str, str]]) -> list[ConsentRecord]:
+        """The consent ledger of these (channel, address) pairs, oldest first."""
+        pairs = sorted(set(addresses))
+        if not pairs:
+            return []
+        time, rows = self.d.read_time, self._rows("consents_for", self.d.pairs(pairs))
+        return [
+            ConsentRecord(
+                channel=r[0],
+                address=r[1],
+                granted=bool(r[2]),
+                at=_aware(time(r[3])),
+                actor=r[4],
+                method=r[5],
+                source=r[6],
+                notice_version=r[7],
+                account_id=r[8],
+            )
+            for r in rows
+        ]
+
+    def record_consent(self, record: ConsentRecord) -> None:
+        """Append to the consent ledger (it is never updated in place)."""
+        self.c.execute(
+            consents.insert().values(
+                channel=record.channel,
+                address=record.address,
+                granted=record.granted,
+                at=record.at,
+                actor=record.actor,
+                method=record.method,
+                source=record.source,
+                notice_version=record.notice_version,
+                account_id=record.account_id,
+            )
+        )
+
+    def sent_since(self, account_ids: Iterable[str], since: datetime) -> dict[str, list[Sent]]:
+        """Messages sent to these accounts after `since`, from every workflow."""
+        ids = sorted(set(account_ids))
+        found: dict[str, list[Sent]] = {a: [] for a in ids}
+        if not ids:
+            return found
+        params = {"ids": self.d.ids(ids), "since": self.d.time(since)}
+        for account_id, case_id, channel, priority, sent_at in self._rows("sent_since", params):
+            found[account_id].append(
+                Sent(
+                    at=_aware(self.d.read_time(sent_at)),
+                    case_id=case_id,
+                    channel=channel,
+                    priority=priority,
+                )
+            )
+        return found
+
+    def log_sent(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Remember sent messages (account_id, case_id, channel, address, priority, sent_at)."""
+        self._many("log_sent", [{**r, "sent_at": self.d.time(r["sent_at"])} for r in rows])
+
+    def waiting_required(self, account_ids: Iterable[str]) -> dict[str, int]:
+        """Required notices waiting to go out to each account, from every workflow."""
+        ids = sorted(set(account_ids))
+        if not ids:
+            return {}
+        rows = self._rows("waiting_required", {"ids": self.d.ids(ids)})
+        return {account: n for account, n in rows}
+
+    def save_unsubscribe(
+        self,
+        token_hash: str,
+        *,
+        channel: str,
+        address: str,
+        account_id: str,
+        case_id: str,
+        now: datetime,
+    ) -> None:
+        self.c.execute(
+            q.insert_unsubscribe,
+            {
+                "token_hash": token_hash,
+                "channel": channel,
+                "address": address,
+                "account_id": account_id,
+                "case_id": case_id,
+                "created_at": now,
+            },
+        )
+
+    def unsubscribe_target(self, token_hash: str) -> dict[str, Any] | None:
+        stmt = sa.select(unsubscribe_tokens).where(unsubscribe_tokens.c.token_hash == token_hash)
+        row = self.c.execute(stmt).first()
+        return dict(row._mapping) if row else None
+
+    def use_unsubscribe(self, token_hash: str, now: datetime) -> None:
+        self.c.execute(
+            unsubscribe_tokens.update()
+            .where(unsubscribe_tokens.c.token_hash == token_hash)
+            .values(used_at=sa.func.coalesce(unsubscribe_tokens.c.used_at, now))
+        )
+
+    def consent_counts(self) -> dict[str, int]:
+        """Ledger records by kind: granted and withdrawn."""
+        stmt = sa.select(consents.c.granted, sa.func.count()).group_by(consents.c.granted)
+        return {("granted" if g else "withdrawn"): n for g, n in self.c.execute(stmt).all()}
+
     # -- exceptions, links, backend events ---------------------------------
     def save_link(
         self, token_hash: str, case_id: str, channel: str, now: datetime, expires_at: datetime
@@ -457,6 +578,7 @@ def _intent_payload(intent: SendMessage | RequestWriteback) -> dict[str, Any]:
             "template": intent.template,
             "step": intent.step,
             "step_name": intent.step_name,
+            "priority": intent.priority,
         }
     return {
         "operation": intent.operation,
@@ -464,3 +586,8 @@ def _intent_payload(intent: SendMessage | RequestWriteback) -> dict[str, Any]:
         "outcome": intent.outcome,
         "data": dict(intent.payload),
     }
+
+
+def _aware(value: datetime | None) -> datetime:
+    assert value is not None
+    return value

@@ -153,3 +153,55 @@ backend_events = sa.Table(
     sa.Column("received_at", UTCDateTime, nullable=False),
     sa.Column("cases_closed", sa.Integer, nullable=False),
 )
+
+# -- contact policy (migration 0002) ------------------------------------------
+consents = sa.Table(
+    "consents",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("address", sa.String(320), nullable=False),
+    sa.Column("granted", sa.Boolean, nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("actor", sa.String(100), nullable=False),
+    sa.Column("method", sa.String(100), nullable=False),
+    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("notice_version", sa.String(100)),
+    sa.Column("account_id", sa.String(200)),
+    sa.Index("ix_consents_address", "channel", "address", "at"),
+)
+
+contact_log = sa.Table(
+    "contact_log",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("account_id", sa.String(200), nullable=False),
+    sa.Column("case_id", sa.String(64), nullable=False),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("address", sa.String(320), nullable=False),
+    sa.Column("priority", sa.String(16), nullable=False),
+    sa.Column("sent_at", UTCDateTime, nullable=False),
+    sa.Index("ix_contact_log_account", "account_id", "sent_at"),
+)
+
+unsubscribe_tokens = sa.Table(
+    "unsubscribe_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("address", sa.String(320), nullable=False),
+    sa.Column("account_id", sa.String(200), nullable=False),
+    sa.Column("case_id", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("used_at", UTCDateTime),
+)
