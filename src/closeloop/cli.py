@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import sqlalchemy
+import structlog
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -384,12 +385,19 @@ def _print_summary(s: dict[str, Any], out_dir: Path) -> None:
     out.print(states)
     sent = ", ".join(f"{ch} {n}" for ch, n in s["messages_sent"].items())
     out.print(f"messages sent: {sent}")
+    deferred = ", ".join(f"{r.replace('_', ' ')} {n}" for r, n in s["deferred"].items())
+    out.print(f"messages deferred by contact policy: {deferred}")
+    blocked = ", ".join(f"{r.replace('_', ' ')} {n}" for r, n in s["blocked"].items()) or "none"
+    out.print(f"messages blocked by contact policy: {blocked}")
+    out.print(f"opt-outs recorded: {s['opt_outs']}")
     out.print(f"database: {s['database']}")
     out.print(f"report:   {out_dir / 'report.json'}")
     out.print("what the numbers mean: docs/demo.md")
 
 
 def main() -> None:
+    # Logs go to stderr, so `--json` output on stdout stays one JSON document.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     try:
         cli()
     except CloseloopError as exc:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from closeloop.connectors import LedgerCore
 from tests.acceptance.conftest import CLI
+from tests.integration.test_runtime import ACCOUNT
 
 FAILED = {
     "account_id": "A1",
@@ -23,7 +28,7 @@ FAILED = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     here = tmp_path_factory.mktemp("serve")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -49,9 +54,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             process.kill()
             raise RuntimeError(process.stderr.read().decode() if process.stderr else "no start")
         time.sleep(0.1)
-    yield base
+    yield base, here / "data"
     process.terminate()
     process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(served: tuple[str, Path]) -> str:
+    return served[0]
 
 
 def test_single_trigger_opens_one_case_idempotently(server: str) -> None:
@@ -114,3 +124,46 @@ def test_closing_event_over_http(server: str, tmp_path: Path) -> None:
     )
     assert response.status_code == 200
     assert response.json()["status"] in {"closing_event", "duplicate"}
+
+
+def test_one_click_unsubscribe_over_http(served: tuple[str, Path]) -> None:
+    """RFC 8058: a POST with List-Unsubscribe=One-Click unsubscribes; a GET never does."""
+    base, data = served
+    world = sa.create_engine(f"sqlite:///{data / 'world.db'}")
+    ledger = LedgerCore(world, clock=lambda: datetime.now(UTC))  # the system of record
+    # The server runs on the wall clock: give the customer a zone where it is daytime now.
+    hour = datetime.now(UTC).hour
+    daytime = next(f"Etc/GMT{-o:+d}" for o in range(-10, 13) if 10 <= (hour + o) % 24 < 18)
+    ledger.add_accounts([{**ACCOUNT, "account_id": "A2", "time_zone": daytime}])
+    world.dispose()
+    body = {"id": "evt-unsub", "type": "payment.failed", "data": {**FAILED, "account_id": "A2"}}
+    case_id = httpx.post(f"{base}/v1/triggers", json=body).json()["case_id"]
+    env = {**os.environ, "CLOSELOOP_DATA_DIR": str(data)}
+    env.pop("CLOSELOOP_DATABASE_URL", None)
+    subprocess.run([str(CLI), "work", "--once"], env=env, check=True, capture_output=True)
+    with sqlite3.connect(data / "world.db") as sink:
+        (text,) = sink.execute(
+            "SELECT body FROM sink_messages WHERE case_id = ? AND channel = 'email'", (case_id,)
+        ).fetchone()
+    token = text.split("/u/", 1)[1].split()[0]
+    url = f"{base}/u/{token}"
+
+    page = httpx.get(url)
+    assert page.status_code == 200 and "Unsubscribe" in page.text
+    assert 'name="List-Unsubscribe" value="One-Click"' in page.text
+    assert httpx.get(f"{base}/v1/cases/{case_id}").json()["status"] == "outreach"
+
+    assert httpx.post(url, data={"List-Unsubscribe": "Yes"}).status_code == 400
+    assert httpx.post(url).status_code == 400
+    done = httpx.post(url, data={"List-Unsubscribe": "One-Click"})  # no cookie, no login
+    assert done.status_code == 200 and "Unsubscribed" in done.text
+    assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    assert httpx.get(f"{base}/v1/cases/{case_id}").json()["status"] == "opted_out"
+    with sqlite3.connect(data / "closeloop.db") as db:
+        rows = db.execute("SELECT channel, granted, method FROM consents").fetchall()
+    assert rows == [("email", 0, "one-click unsubscribe (RFC 8058)")]
+    assert httpx.get(f"{base}/u/not-a-token").status_code == 404
+    assert (
+        httpx.post(f"{base}/u/not-a-token", data={"List-Unsubscribe": "One-Click"}).status_code
+        == 404
+    )

@@ -65,9 +65,14 @@ def test_demo_json_summary_and_same_seed_same_summary(workdir: Path) -> None:
         "exception_rate",
         "deflection_rate",
         "messages_sent",
+        "deferred",
+        "blocked",
+        "opt_outs",
         "database",
     ):
         assert key in first
+    assert set(first["deferred"]) == {"quiet_hours", "fatigue_cap"}
+    assert first["deferred"]["quiet_hours"] > 0  # simulated customers live in many zones
     assert first["cases"] == sum(first["terminal_states"].values()) and first["live_cases"] == 0
     assert first["duplicate_writebacks"] == 0
     first.pop("database"), second.pop("database")

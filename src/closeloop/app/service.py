@@ -16,6 +16,7 @@ from typing import Any
 from closeloop import policy
 from closeloop.app import links
 from closeloop.app.runtime import Runtime
+from closeloop.contact import ConsentRecord
 from closeloop.engine import (
     Decision,
     Disputed,
@@ -128,10 +129,74 @@ class CustomerService:
             self.runtime.apply(case_id, Disputed(reason=reason, actor="customer", key=key))
         )
 
-    def opt_out(self, case_id: str, channel: str, *, key: str) -> Decision:
-        return self._checked(
-            self.runtime.apply(case_id, OptedOut(channel=channel, actor="customer", key=key))
-        )
+    def opt_out(
+        self,
+        case_id: str,
+        channel: str,
+        *,
+        key: str,
+        method: str = "mini-app opt-out",
+        address: str | None = None,
+    ) -> Decision:
+        """Withdraw consent for the customer's address on `channel`, for every workflow.
+
+        The withdrawal is recorded in the consent ledger even when the case has
+        already ended; a live case stops as opted out.
+        """
+        case = self.runtime.case(case_id)
+        if address is None:
+            contact = next((c for c in case.contacts if c.channel == channel), None)
+            address = contact.address if contact else None
+        now = self.runtime.clock.now()
+        with self.runtime.store.transaction() as tx:
+            if address is not None and not tx.seen(case_id, key):
+                tx.record_consent(
+                    ConsentRecord(
+                        channel=channel,
+                        address=address,
+                        granted=False,
+                        at=now,
+                        actor="customer",
+                        method=method,
+                        source=case.workflow,
+                        account_id=case.account_id,
+                    )
+                )
+            event = OptedOut(channel=channel, actor="customer", key=key)
+            decision = self.runtime.apply(case_id, event, tx=tx)
+        if decision.rejected and decision.case.status.terminal:
+            return decision  # the case had ended; the withdrawal still stands
+        return self._checked(decision)
+
+    def unsubscribe(self, token: str) -> dict[str, str]:
+        """One-click unsubscribe (RFC 8058): no login, no cookie; repeating it is harmless.
+
+        Raises NotFound for an unknown token.
+        """
+        hashed = links.token_hash(token)
+        with self.runtime.store.read() as tx:
+            target = tx.unsubscribe_target(hashed)
+        if target is None:
+            raise NotFound(_SAME_RESPONSE)
+        if target["used_at"] is None:
+            self.opt_out(
+                target["case_id"],
+                target["channel"],
+                key=f"unsubscribe:{hashed}",
+                method="one-click unsubscribe (RFC 8058)",
+                address=target["address"],
+            )
+            with self.runtime.store.transaction() as tx:
+                tx.use_unsubscribe(hashed, self.runtime.clock.now())
+        return {"channel": target["channel"], "address": target["address"]}
+
+    def unsubscribe_target(self, token: str) -> dict[str, str]:
+        """What a token would unsubscribe (for the confirmation page); changes nothing."""
+        with self.runtime.store.read() as tx:
+            target = tx.unsubscribe_target(links.token_hash(token))
+        if target is None:
+            raise NotFound(_SAME_RESPONSE)
+        return {"channel": target["channel"], "address": target["address"]}
 
     @staticmethod
     def _checked(decision: Decision) -> Decision:

@@ -246,6 +246,8 @@ def summarize(app: App, params: Params, database: str) -> dict[str, Any]:
         counts = tx.status_counts()
         boxes = tx.outbox_counts()
         channels = tx.messages_by_channel()
+        held = tx.contact_decisions()
+        consents = tx.consent_counts()
         durations = []
         agent_free = 0
         for case in tx.all_cases():
@@ -277,6 +279,9 @@ def summarize(app: App, params: Params, database: str) -> dict[str, Any]:
         "deflection_rate": rate(agent_free, reached),
         "touches_per_resolution": rate(sent, resolved),
         "messages_sent": {ch: channels.get(ch, 0) for ch in ("email", "sms", "whatsapp")},
+        "deferred": {r: held["deferred"].get(r, 0) for r in ("quiet_hours", "fatigue_cap")},
+        "blocked": dict(sorted(held["blocked"].items())),
+        "opt_outs": consents.get("withdrawn", 0),
         "duplicate_writebacks": app.ledger.duplicate_effects(),
         "database": database,
     }

@@ -32,6 +32,7 @@ from closeloop.store import queries as q
 from closeloop.store.driver import Dialect, dumps
 from closeloop.store.tables import (
     backend_events,
+    case_events,
     cases,
     consents,
     links,
@@ -526,6 +527,25 @@ class Tx:
             .where(unsubscribe_tokens.c.token_hash == token_hash)
             .values(used_at=sa.func.coalesce(unsubscribe_tokens.c.used_at, now))
         )
+
+    def contact_decisions(self) -> dict[str, dict[str, int]]:
+        """Messages held back by contact policy, by reason: deferred and blocked."""
+        code = case_events.c.data["code"].as_string()
+        deferred = (
+            sa.select(code, sa.func.count())
+            .where(case_events.c.kind.in_(("step_deferred", "message_deferred")))
+            .group_by(code)
+        )
+        reason = outbox.c.result["blocked"].as_string()
+        blocked = (
+            sa.select(reason, sa.func.count())
+            .where(outbox.c.kind == "message", outbox.c.status == "failed", reason.is_not(None))
+            .group_by(reason)
+        )
+        return {
+            "deferred": {c: n for c, n in self.c.execute(deferred).all() if c},
+            "blocked": {r: n for r, n in self.c.execute(blocked).all() if r},
+        }
 
     def consent_counts(self) -> dict[str, int]:
         """Ledger records by kind: granted and withdrawn."""

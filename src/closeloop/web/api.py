@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from closeloop.app import App, TriggerIn
 from closeloop.errors import NotFound, TriggerError
+from closeloop.web import unsubscribe
 
 
 class TriggerBody(BaseModel):
@@ -132,4 +133,5 @@ def create_api(app: App) -> FastAPI:
         )
         return encoded
 
+    api.include_router(unsubscribe.router(app))
     return api
