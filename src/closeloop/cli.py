@@ -41,6 +41,8 @@ case_cli = typer.Typer(no_args_is_help=True, help="Look at cases.")
 cli.add_typer(spec_cli, name="spec")
 cli.add_typer(db_cli, name="db")
 cli.add_typer(case_cli, name="case")
+template_cli = typer.Typer(no_args_is_help=True, help="Look at message templates.")
+cli.add_typer(template_cli, name="template")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
@@ -276,6 +278,77 @@ def case_show(case_id: str, as_json: Annotated[bool, typer.Option("--json")] = F
     out.print(table)
 
 
+@template_cli.command("preview")
+def template_preview(
+    workflow: str,
+    step: str,
+    case_id: Annotated[str, typer.Option("--case", help="the case whose data fills it in")],
+    locale: Annotated[
+        str | None, typer.Option(help="language to preview (default: the customer's)")
+    ] = None,
+    fallback: Annotated[bool, typer.Option("--fallback", help="the step's fallback")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Render one outreach step's message for a case, as the customer would get it."""
+    from closeloop.app.compose import compose
+    from closeloop.channels.sms import measure
+
+    settings = _settings()
+    app = build(settings)
+    try:
+        case = app.runtime.case(case_id)
+        compiled = app.runtime.spec_for(case)
+    finally:
+        app.close()
+    spec = compiled.spec
+    if workflow not in (spec.workflow, compiled.key):
+        raise InputError(f"case {case_id} belongs to workflow {compiled.key}, not {workflow}")
+    steps = {s.name: s for s in spec.outreach.steps}
+    if step not in steps:
+        raise InputError(f"{compiled.key} has no step {step!r} (steps: {', '.join(steps)})")
+    chosen = steps[step]
+    channel, name = chosen.channel, chosen.template
+    if fallback:
+        if chosen.fallback is None:
+            raise InputError(f"step {step!r} has no fallback")
+        channel, name = chosen.fallback.channel, chosen.fallback.template
+    if locale is not None:
+        case = case.evolve(account={**case.account, "locale": locale})
+    base = settings.public_url.rstrip("/")
+    subject, body = compose(
+        case,
+        spec.templates[name],
+        link=f"{base}/m/PREVIEW",
+        unsubscribe_url=f"{base}/u/PREVIEW" if channel == "email" else None,
+    )
+    contact = case.contact_for(channel)
+    shown: dict[str, Any] = {
+        "workflow": compiled.key,
+        "step": step,
+        "template": name,
+        "channel": channel,
+        "locale": case.account.get("locale", "en"),
+        "to": contact.address if contact else None,
+        "subject": subject,
+        "body": body,
+    }
+    if channel == "sms":
+        parts = measure(body)
+        shown.update(
+            encoding=parts.encoding,
+            segments=parts.segments,
+            cost=str(settings.sms_segment_cost * parts.segments),
+        )
+    if as_json:
+        print(json.dumps(shown))
+        return
+    for key, value in shown.items():
+        if key != "body" and value is not None:
+            out.print(f"[bold]{key}:[/] {value}", highlight=False)
+    print()
+    print(body)  # exactly as sent: no wrapping
+
+
 # -- demo ---------------------------------------------------------------------
 @cli.command()
 def demo(
@@ -385,6 +458,7 @@ def _print_summary(s: dict[str, Any], out_dir: Path) -> None:
     out.print(states)
     sent = ", ".join(f"{ch} {n}" for ch, n in s["messages_sent"].items())
     out.print(f"messages sent: {sent}")
+    out.print(f"SMS segments: {s['sms_segments']} (cost {s['sms_cost']:.2f})")
     deferred = ", ".join(f"{r.replace('_', ' ')} {n}" for r, n in s["deferred"].items())
     out.print(f"messages deferred by contact policy: {deferred}")
     blocked = ", ".join(f"{r.replace('_', ' ')} {n}" for r, n in s["blocked"].items()) or "none"

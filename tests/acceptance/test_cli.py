@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.acceptance.conftest import demo_json, run
+from tests.acceptance.conftest import CLI, demo_json, run
 from tests.conftest import EXAMPLE, ROOT
 
 
@@ -164,3 +167,36 @@ def test_unreachable_database_is_a_failure_without_traceback(workdir: Path) -> N
     )
     assert done.returncode == 1
     assert "database upgrade failed" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_template_preview_renders_a_step_for_a_case(workdir: Path) -> None:
+    out = workdir / "preview"
+    demo_json("--accounts", "40", "--days", "2", "--out", str(out), cwd=workdir)
+    with sqlite3.connect(out / "closeloop.db") as db:
+        (case_id,) = db.execute("SELECT id FROM cases ORDER BY id LIMIT 1").fetchone()
+    env = {**os.environ, "CLOSELOOP_DATA_DIR": str(out)}
+    env.pop("CLOSELOOP_DATABASE_URL", None)
+
+    def preview(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(CLI), "template", "preview", *args],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    sms = preview("failed_payment", "reminder_sms", "--case", case_id, "--locale", "es", "--json")
+    assert sms.returncode == 0, sms.stderr
+    shown = json.loads(sms.stdout)
+    assert shown["channel"] == "sms" and shown["locale"] == "es"
+    assert "Responda STOP" in shown["body"] and "/m/PREVIEW" in shown["body"]
+    assert (shown["encoding"], shown["segments"]) == ("GSM-7", 1)
+    email = preview("failed_payment", "first_email", "--case", case_id, "--locale", "en")
+    assert email.returncode == 0 and "/u/PREVIEW" in email.stdout and "subject:" in email.stdout
+    bad = preview("failed_payment", "third_pigeon", "--case", case_id)
+    assert bad.returncode == 2 and "has no step 'third_pigeon'" in bad.stderr
+    assert "first_email" in bad.stderr
+    other = preview("kyc_refresh", "first_email", "--case", case_id)
+    assert other.returncode == 2 and "belongs to workflow failed_payment@1" in other.stderr

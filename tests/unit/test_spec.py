@@ -136,3 +136,17 @@ def test_contact_policy_section_is_validated() -> None:
         "    channel: whatsapp\n    approved_name", "    channel: sms\n    approved_name"
     )
     assert any("only WhatsApp templates have" in p for p in problems_of(only_whatsapp))
+
+
+def test_templates_per_locale() -> None:
+    from closeloop.spec import text_for
+
+    template = load_spec_file(EXAMPLE).spec.templates["declined_card_email"]
+    assert text_for(template, "es-US")[0] == "Su pago de ${{ amount_due }} no se pudo procesar"
+    assert text_for(template, "es")[1].startswith("Hola")
+    assert text_for(template, "fr") == (template.subject, template.body)
+    assert text_for(template, None) == (template.subject, template.body)
+    spanish_sms = "Responda STOP para no recibir mas."
+    found = problems_of(edit(spanish_sms, "Gracias."))
+    assert len(found) == 1
+    assert "templates.declined_card_sms.locales.es.body: an SMS must say how to opt out" in found[0]

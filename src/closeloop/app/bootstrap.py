@@ -109,6 +109,7 @@ def build(
         retry=retry,
         public_url=settings.public_url,
         link_lifetime=lifetime,
+        sms_segment_cost=settings.sms_segment_cost,
     )
     service = CustomerService(runtime, public_url=settings.public_url, link_lifetime=lifetime)
     return App(

@@ -12,13 +12,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import structlog
 
 from closeloop.app import links
+from closeloop.app.compose import compose
 from closeloop.app.runtime import Runtime
-from closeloop.channels import Channel, OutgoingMessage, SendResult, render_message
+from closeloop.channels import Channel, OutgoingMessage, SendResult
+from closeloop.channels.sms import measure
 from closeloop.connectors import Connector, WritebackResult
 from closeloop.contact import ContactRules, Proposed, Recipient, Sent, Verdict, decide
 from closeloop.engine import (
@@ -66,6 +69,7 @@ class Dispatcher:
         retry: RetryPolicy,
         public_url: str,
         link_lifetime: timedelta,
+        sms_segment_cost: Decimal = Decimal("0"),
     ) -> None:
         self.runtime = runtime
         self.channels = channels
@@ -73,6 +77,7 @@ class Dispatcher:
         self.retry = retry
         self.public_url = public_url
         self.link_lifetime = link_lifetime
+        self.sms_segment_cost = sms_segment_cost
         self._rules_cache: dict[tuple[str, str | None], ContactRules] = {}
 
     def release_leases(self) -> None:
@@ -156,9 +161,19 @@ class Dispatcher:
                     )
                     continue
                 status = "done" if result.status == "sent" else "failed"
-                back.finished.append(
-                    (item.id, status, {"reason": result.reason, "provider_id": result.provider_id})
-                )
+                outcome: dict[str, Any] = {
+                    "reason": result.reason,
+                    "provider_id": result.provider_id,
+                }
+                message = prepared.get(item.id)
+                if message is not None and message.channel == "sms":
+                    parts = measure(message.body)
+                    outcome.update(
+                        encoding=parts.encoding,
+                        segments=parts.segments,
+                        cost=str(self.sms_segment_cost * parts.segments),
+                    )
+                back.finished.append((item.id, status, outcome))
                 if result.status == "sent":
                     case = cases.get(item.case_id)
                     sent_rows.append(
@@ -281,13 +296,9 @@ class Dispatcher:
                 lifetime=self.link_lifetime,
                 public_url=self.public_url,
             )
-            context: dict[str, Any] = {
-                **case.data,
-                "link": url,
-                "first_name": case.account.get("first_name", ""),
-            }
+            unsubscribe = None
             if item.payload["channel"] == "email":
-                context["unsubscribe_url"] = links.issue_unsubscribe(
+                unsubscribe = links.issue_unsubscribe(
                     tx,
                     channel="email",
                     address=item.payload["address"],
@@ -297,7 +308,7 @@ class Dispatcher:
                     public_url=self.public_url,
                 )
             try:
-                subject, body = render_message(template.subject, template.body, context)
+                subject, body = compose(case, template, link=url, unsubscribe_url=unsubscribe)
             except InputError as exc:
                 log.warning("template_failed", case_id=case.id, error=str(exc))
                 continue

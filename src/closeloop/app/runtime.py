@@ -197,6 +197,7 @@ class Runtime:
             facts["flags"] = [*facts["flags"], "unknown_account"]
         else:
             facts["first_name"] = account.first_name
+            facts["locale"] = account.locale
         case = Case(
             id=derived_id("case", trigger.id),
             workflow=compiled.key,

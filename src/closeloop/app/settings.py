@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 from pydantic import Field
@@ -36,6 +37,9 @@ class Settings(BaseSettings):
     writeback_base_delay_seconds: float = Field(default=30.0, gt=0)
     writeback_max_delay_seconds: float = Field(default=3600.0, gt=0)
     batch_size: int = Field(default=500, ge=1, le=10_000)
+    sms_segment_cost: Decimal = Field(
+        default=Decimal("0.0083"), ge=0, description="what one SMS segment costs (reporting)"
+    )
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'closeloop.db'}"

@@ -248,6 +248,7 @@ def summarize(app: App, params: Params, database: str) -> dict[str, Any]:
         channels = tx.messages_by_channel()
         held = tx.contact_decisions()
         consents = tx.consent_counts()
+        segments, sms_cost = tx.sms_usage()
         durations = []
         agent_free = 0
         for case in tx.all_cases():
@@ -282,6 +283,8 @@ def summarize(app: App, params: Params, database: str) -> dict[str, Any]:
         "deferred": {r: held["deferred"].get(r, 0) for r in ("quiet_hours", "fatigue_cap")},
         "blocked": dict(sorted(held["blocked"].items())),
         "opt_outs": consents.get("withdrawn", 0),
+        "sms_segments": segments,
+        "sms_cost": float(sms_cost),
         "duplicate_writebacks": app.ledger.duplicate_effects(),
         "database": database,
     }

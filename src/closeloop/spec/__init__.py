@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from closeloop.spec.explain import explain
 from closeloop.spec.loader import CompiledSpec, load_spec, load_spec_file
-from closeloop.spec.model import Spec
+from closeloop.spec.model import Spec, text_for
 from closeloop.spec.rules import CompiledRule, to_cel
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "explain",
     "load_spec",
     "load_spec_file",
+    "text_for",
     "to_cel",
 ]

@@ -288,19 +288,26 @@ _UNSUBSCRIBE = re.compile(r"\{\{\s*unsubscribe_url\s*\}\}")
 def _check_templates(spec: Spec, problems: list[Problem], problem: Any) -> None:
     """Every email and SMS says how to opt out; only WhatsApp has approved templates."""
     for name, template in spec.templates.items():
-        path: Path_ = ("templates", name, "body")
-        if template.channel == "sms" and not _SMS_OPT_OUT.search(template.body):
-            problems.append(
-                problem(path, "an SMS must say how to opt out, for example 'Reply STOP to opt out'")
-            )
-        if template.channel == "email" and not _UNSUBSCRIBE.search(template.body):
-            problems.append(
-                problem(
-                    path,
-                    "an email must carry its unsubscribe link: put {{ unsubscribe_url }} in the "
-                    "body (closeloop also sends it as List-Unsubscribe)",
+        bodies: list[tuple[Path_, str]] = [(("templates", name, "body"), template.body)]
+        bodies += [
+            (("templates", name, "locales", code, "body"), text.body)
+            for code, text in template.locales.items()
+        ]
+        for path, body in bodies:
+            if template.channel == "sms" and not _SMS_OPT_OUT.search(body):
+                problems.append(
+                    problem(
+                        path, "an SMS must say how to opt out, for example 'Reply STOP to opt out'"
+                    )
                 )
-            )
+            if template.channel == "email" and not _UNSUBSCRIBE.search(body):
+                problems.append(
+                    problem(
+                        path,
+                        "an email must carry its unsubscribe link: put {{ unsubscribe_url }} in "
+                        "the body (closeloop also sends it as List-Unsubscribe)",
+                    )
+                )
         if template.approved_name is not None and template.channel != "whatsapp":
             problems.append(
                 problem(

@@ -170,10 +170,20 @@ class Outreach(SpecModel):
     expires_after: Duration
 
 
+class LocaleText(SpecModel):
+    subject: str | None = None
+    body: str = Field(min_length=1)
+
+
 class Template(SpecModel):
+    """A message; `subject` and `body` are the default locale's (English)."""
+
     channel: Channel
     subject: str | None = None
     body: str = Field(min_length=1)
+    locales: dict[Annotated[str, Field(pattern=r"^[a-z]{2}$")], LocaleText] = Field(
+        default_factory=dict, description="the same message in other languages, by language code"
+    )
     approved_name: str | None = Field(
         default=None,
         min_length=1,
@@ -195,6 +205,15 @@ def parse_clock_time(value: Any) -> time:
 
 
 ClockTime = Annotated[time, BeforeValidator(parse_clock_time)]
+
+
+def text_for(template: Template, locale: str | None) -> tuple[str | None, str]:
+    """The subject and body in the customer's language (``es``, ``es-US``), else the default."""
+    language = (locale or "").split("-")[0].split("_")[0].lower()
+    variant = template.locales.get(language)
+    if variant is None:
+        return template.subject, template.body
+    return variant.subject if variant.subject is not None else template.subject, variant.body
 
 
 class Hours(SpecModel):

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -527,6 +528,19 @@ class Tx:
             .where(unsubscribe_tokens.c.token_hash == token_hash)
             .values(used_at=sa.func.coalesce(unsubscribe_tokens.c.used_at, now))
         )
+
+    def sms_usage(self) -> tuple[int, Decimal]:
+        """Segments of every SMS sent, and what they cost."""
+        segments = outbox.c.result["segments"].as_integer()
+        cost = outbox.c.result["cost"].as_string()
+        stmt = sa.select(segments, cost).where(
+            outbox.c.kind == "message", outbox.c.status == "done", segments.is_not(None)
+        )
+        total, spent = 0, Decimal(0)
+        for count, price in self.c.execute(stmt):
+            total += int(count)
+            spent += Decimal(price or "0")
+        return total, spent
 
     def contact_decisions(self) -> dict[str, dict[str, int]]:
         """Messages held back by contact policy, by reason: deferred and blocked."""
