@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import phonenumbers
 
 
+@lru_cache(maxsize=65_536)  # a customer's number is checked for each message
 def e164_problem(address: str) -> str | None:
     """Why `address` is not a valid E.164 number, or None when it is."""
     if not address.startswith("+"):
