@@ -43,6 +43,8 @@ cli.add_typer(db_cli, name="db")
 cli.add_typer(case_cli, name="case")
 template_cli = typer.Typer(no_args_is_help=True, help="Look at message templates.")
 cli.add_typer(template_cli, name="template")
+sandbox_cli = typer.Typer(no_args_is_help=True, help="Local providers for development.")
+cli.add_typer(sandbox_cli, name="sandbox")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
@@ -347,6 +349,39 @@ def template_preview(
             out.print(f"[bold]{key}:[/] {value}", highlight=False)
     print()
     print(body)  # exactly as sent: no wrapping
+
+
+@sandbox_cli.command("smtp")
+def sandbox_smtp(
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 2525,
+    host: str = "127.0.0.1",
+    tls: Annotated[bool, typer.Option("--tls", help="offer STARTTLS (dev certificate)")] = False,
+) -> None:
+    """Run the local SMTP sink: it accepts mail and keeps it in the world database."""
+    import ssl
+
+    from closeloop.channels.devtls import dev_certificate
+    from closeloop.channels.smtp import SmtpSink
+    from closeloop.store.database import create_engine
+
+    settings = _settings()
+    context = None
+    if tls:
+        cert, key = dev_certificate(settings.data_dir / "keys")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        err.print(f"STARTTLS certificate: {cert} (trust it with CLOSELOOP_SMTP_CA_FILE)")
+    engine = create_engine(settings.resolved_world_url())
+    sink = SmtpSink(engine, host=host, port=port, tls_context=context).start()
+    err.print(f"SMTP sink on {host}:{port}, keeping mail in {settings.resolved_world_url()}")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sink.stop()
+        engine.dispose()
 
 
 # -- demo ---------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -10,7 +12,8 @@ from closeloop.app.dispatch import Dispatcher, RetryPolicy
 from closeloop.app.runtime import Runtime, Workflows
 from closeloop.app.service import CustomerService
 from closeloop.app.settings import Settings
-from closeloop.channels import SinkChannel
+from closeloop.channels import Channel, SinkChannel
+from closeloop.channels.smtp import SmtpChannel
 from closeloop.clock import Clock, SystemClock
 from closeloop.connectors import LedgerCore
 from closeloop.spec import load_spec_file
@@ -28,6 +31,7 @@ class App:
     service: CustomerService
     sink: SinkChannel
     ledger: LedgerCore
+    channels: Mapping[str, Channel]
 
     def work(self, limit: int | None = None) -> int:
         """Run due timers, messages and writebacks until nothing is due now."""
@@ -45,6 +49,10 @@ class App:
                 total += self.dispatcher.run_writebacks(size)
 
     def close(self) -> None:
+        for channel in {id(c): c for c in self.channels.values()}.values():
+            close = getattr(channel, "close", None)
+            if close is not None:
+                close()
         self.store.dispose()
         self.sink.engine.dispose()
         self.ledger.engine.dispose()
@@ -101,7 +109,20 @@ def build(
         base=timedelta(seconds=settings.writeback_base_delay_seconds),
         cap=timedelta(seconds=settings.writeback_max_delay_seconds),
     )
-    channels = {"email": sink, "sms": sink, "whatsapp": sink, "webhook": sink}
+    channels: dict[str, Channel] = {"email": sink, "sms": sink, "whatsapp": sink, "webhook": sink}
+    if settings.smtp_host:
+        channels["email"] = SmtpChannel(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            sender=settings.email_sender,
+            starttls=settings.smtp_starttls,
+            username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+            tls_context=ssl.create_default_context(
+                cafile=str(settings.smtp_ca_file) if settings.smtp_ca_file else None
+            ),
+            clock=clock.now,
+        )
     dispatcher = Dispatcher(
         runtime,
         channels=channels,
@@ -121,4 +142,5 @@ def build(
         service=service,
         sink=sink,
         ledger=ledger,
+        channels=channels,
     )

@@ -319,6 +319,7 @@ class Dispatcher:
                 address=item.payload["address"],
                 subject=subject,
                 body=body,
+                unsubscribe_url=unsubscribe,
                 link=url,
             )
         return prepared

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "failed_payment.yaml"
@@ -37,6 +37,17 @@ class Settings(BaseSettings):
     writeback_base_delay_seconds: float = Field(default=30.0, gt=0)
     writeback_max_delay_seconds: float = Field(default=3600.0, gt=0)
     batch_size: int = Field(default=500, ge=1, le=10_000)
+    smtp_host: str | None = Field(
+        default=None, description="send email through this SMTP server (default: the local sink)"
+    )
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_starttls: bool = True
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_ca_file: Path | None = Field(
+        default=None, description="CA bundle to trust for STARTTLS (default: the system's)"
+    )
+    email_sender: str = "closeloop <no-reply@closeloop.invalid>"
     sms_segment_cost: Decimal = Field(
         default=Decimal("0.0083"), ge=0, description="what one SMS segment costs (reporting)"
     )

@@ -15,6 +15,7 @@ class OutgoingMessage:
     subject: str | None
     body: str
     link: str
+    unsubscribe_url: str | None = None  # email: sent as List-Unsubscribe (RFC 8058)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,250 @@
+"""Email over SMTP, and the local SMTP sink closeloop ships for development.
+
+`SmtpChannel` keeps one SMTP session open and sends message after message on
+it (reopening it once if the server dropped it), with STARTTLS and AUTH when
+configured. Every message carries a one-click unsubscribe (RFC 8058):
+``List-Unsubscribe: <https://...>`` and ``List-Unsubscribe-Post:
+List-Unsubscribe=One-Click``. Its Message-ID derives from the idempotency
+key, so a message sent twice can be recognised as one.
+
+Failures are classified for the cadence: a 5xx refusal of the recipient is
+permanent (the address is unreachable: the step's fallback is tried); 4xx
+answers, timeouts and dropped connections are temporary (retried later).
+
+`SmtpSink` is a real SMTP server (aiosmtpd) that stores what it receives in
+a table, for the demo, development and tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import smtplib
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime
+from typing import Any
+
+import sqlalchemy as sa
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+
+from closeloop.channels.port import OutgoingMessage, SendResult
+
+# Authentication or TLS required/failed: retrying after the setup is fixed helps.
+_SETUP_CODES = frozenset({530, 534, 535, 538})
+
+
+class SmtpChannel:
+    """Sends email through an SMTP server (one reused session)."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        sender: str,
+        starttls: bool = False,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 10.0,
+        tls_context: ssl.SSLContext | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.host, self.port, self.sender = host, port, sender
+        self.starttls, self.username, self.password = starttls, username, password
+        self.timeout = timeout
+        self.tls_context = tls_context or ssl.create_default_context()
+        self.clock = clock
+        self._session: smtplib.SMTP | None = None
+        self._lock = threading.Lock()
+
+    def compose(self, message: OutgoingMessage) -> EmailMessage:
+        email = EmailMessage()
+        email["From"] = self.sender
+        email["To"] = message.address
+        email["Subject"] = message.subject or ""
+        email["Date"] = format_datetime(self.clock())
+        email["Message-ID"] = f"<{message.idempotency_key}@closeloop>"
+        if message.unsubscribe_url:
+            email["List-Unsubscribe"] = f"<{message.unsubscribe_url}>"
+            email["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        email.set_content(message.body)
+        return email
+
+    def send(self, message: OutgoingMessage) -> SendResult:
+        email = self.compose(message)
+        with self._lock:
+            for _ in range(2):  # a session the server dropped is reopened once
+                try:
+                    self._open().send_message(email)
+                    return SendResult(status="sent", provider_id=email["Message-ID"])
+                except smtplib.SMTPRecipientsRefused as exc:
+                    code, text = next(iter(exc.recipients.values()))
+                    reason = f"{code} {_text(text)}"
+                    if 500 <= code < 600:
+                        return SendResult(status="failed", reason=f"unreachable address: {reason}")
+                    return SendResult(status="retry", reason=f"temporary: {reason}")
+                except smtplib.SMTPServerDisconnected:
+                    self._drop()
+                except smtplib.SMTPResponseException as exc:
+                    self._drop()
+                    reason = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+                    if exc.smtp_code in _SETUP_CODES:  # our configuration, not the message
+                        return SendResult(status="retry", reason=f"SMTP setup: {reason}")
+                    if 500 <= exc.smtp_code < 600:
+                        return SendResult(status="failed", reason=reason)
+                    return SendResult(status="retry", reason=f"temporary: {reason}")
+                except (OSError, smtplib.SMTPException) as exc:
+                    self._drop()
+                    return SendResult(status="retry", reason=f"temporary: {exc}")
+            return SendResult(status="retry", reason="temporary: the server closed the session")
+
+    def _open(self) -> smtplib.SMTP:
+        if self._session is None:
+            session = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            try:
+                session.ehlo()
+                if self.starttls:
+                    session.starttls(context=self.tls_context)
+                    session.ehlo()
+                if self.username:
+                    session.login(self.username, self.password or "")
+            except BaseException:
+                session.close()
+                raise
+            self._session = session
+        return self._session
+
+    def _drop(self) -> None:
+        if self._session is not None:
+            try:
+                self._session.close()
+            finally:
+                self._session = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._session is not None:
+                with contextlib.suppress(OSError, smtplib.SMTPException):
+                    self._session.quit()
+                self._session = None
+
+
+# -- the local sink -------------------------------------------------------------
+sink_metadata = sa.MetaData()
+smtp_received = sa.Table(
+    "smtp_received",
+    sink_metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("mail_from", sa.Text, nullable=False),
+    sa.Column("rcpt_to", sa.Text, nullable=False),
+    sa.Column("raw", sa.LargeBinary, nullable=False),
+    sa.Column("received_at", sa.String(40), nullable=False),
+)
+
+
+class _Handler:
+    def __init__(self, engine: sa.Engine, refuse: Callable[[str], bool]) -> None:
+        self.engine, self.refuse = engine, refuse
+
+    async def handle_RCPT(
+        self, server: Any, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if self.refuse(address):
+            return "550 5.1.1 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        with self.engine.begin() as c:
+            c.execute(
+                smtp_received.insert().values(
+                    mail_from=envelope.mail_from or "",
+                    rcpt_to=",".join(envelope.rcpt_tos),
+                    raw=content,
+                    received_at=datetime.now(UTC).isoformat(),
+                )
+            )
+        return "250 Message accepted"
+
+
+class SmtpSink:
+    """A local SMTP server that keeps every message it accepts.
+
+    Recipients under the reserved ``.invalid`` domain are refused with 550,
+    like a real server refusing an unknown mailbox.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls_context: ssl.SSLContext | None = None,
+        require_starttls: bool = False,
+        credentials: dict[str, str] | None = None,
+    ) -> None:
+        sink_metadata.create_all(engine)
+        self.engine = engine
+        self.host = host
+        self.port = port or _free_port(host)
+        options: dict[str, Any] = {}
+        if tls_context is not None:
+            options.update(tls_context=tls_context, require_starttls=require_starttls)
+        if credentials is not None:
+            options.update(
+                authenticator=_authenticator(credentials),
+                auth_required=True,
+                auth_require_tls=tls_context is not None,
+            )
+        self._options = options
+        self._controller: Controller | None = None
+
+    def start(self) -> SmtpSink:
+        """Listen (again) on the sink's port."""
+        self._controller = Controller(
+            _Handler(self.engine, lambda a: a.endswith(".invalid")),
+            hostname=self.host,
+            port=self.port,
+            server_hostname="closeloop-sink",
+            **self._options,
+        )
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def received(self, after: int = 0) -> list[dict[str, Any]]:
+        stmt = sa.select(smtp_received).where(smtp_received.c.seq > after)
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(stmt.order_by(smtp_received.c.seq))]
+
+
+def _authenticator(credentials: dict[str, str]) -> Callable[..., AuthResult]:
+    def check(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        if isinstance(data, LoginPassword):
+            user, password = data.login.decode(), data.password.decode()
+            if credentials.get(user) == password:
+                return AuthResult(success=True)
+        return AuthResult(success=False, handled=False)
+
+    return check
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
