@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from closeloop.app.dispatch import Dispatcher, RetryPolicy
+from closeloop.app.inbound import Inbound, Program
 from closeloop.app.runtime import Runtime, Workflows
 from closeloop.app.service import CustomerService
 from closeloop.app.settings import Settings
 from closeloop.channels import Channel, SinkChannel
 from closeloop.channels.smtp import SmtpChannel
+from closeloop.channels.twilio import TwilioChannel
 from closeloop.clock import Clock, SystemClock
 from closeloop.connectors import LedgerCore
 from closeloop.spec import load_spec_file
@@ -32,6 +34,7 @@ class App:
     sink: SinkChannel
     ledger: LedgerCore
     channels: Mapping[str, Channel]
+    inbound: Inbound
 
     def work(self, limit: int | None = None) -> int:
         """Run due timers, messages and writebacks until nothing is due now."""
@@ -123,6 +126,21 @@ def build(
             ),
             clock=clock.now,
         )
+    if settings.twilio_account_sid and settings.twilio_auth_token:
+        callback = f"{settings.public_url.rstrip('/')}/webhooks/twilio/status"
+        for channel, number in (
+            ("sms", settings.twilio_sms_from),
+            ("whatsapp", settings.twilio_whatsapp_from),
+        ):
+            if number:
+                channels[channel] = TwilioChannel(
+                    base_url=settings.twilio_base_url,
+                    account_sid=settings.twilio_account_sid,
+                    auth_token=settings.twilio_auth_token.get_secret_value(),
+                    sender=number,
+                    whatsapp=channel == "whatsapp",
+                    status_callback=callback,
+                )
     dispatcher = Dispatcher(
         runtime,
         channels=channels,
@@ -133,6 +151,14 @@ def build(
         sms_segment_cost=settings.sms_segment_cost,
     )
     service = CustomerService(runtime, public_url=settings.public_url, link_lifetime=lifetime)
+    inbound = Inbound(
+        runtime,
+        Program(
+            name=settings.program_name,
+            help=settings.program_help,
+            frequency=settings.program_frequency,
+        ),
+    )
     return App(
         settings=settings,
         clock=clock,
@@ -143,4 +169,5 @@ def build(
         sink=sink,
         ledger=ledger,
         channels=channels,
+        inbound=inbound,
     )

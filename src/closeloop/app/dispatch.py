@@ -23,7 +23,15 @@ from closeloop.app.runtime import Runtime
 from closeloop.channels import Channel, OutgoingMessage, SendResult
 from closeloop.channels.sms import measure
 from closeloop.connectors import Connector, WritebackResult
-from closeloop.contact import ContactRules, Proposed, Recipient, Sent, Verdict, decide
+from closeloop.contact import (
+    ConsentRecord,
+    ContactRules,
+    Proposed,
+    Recipient,
+    Sent,
+    Verdict,
+    decide,
+)
 from closeloop.engine import (
     Case,
     Event,
@@ -116,7 +124,9 @@ class Dispatcher:
         now = self.runtime.clock.now()
         with self.runtime.store.transaction() as tx:
             back = _FeedBack(self.runtime, tx, [i for i, _ in results], now)
-            sent_rows = []
+            sent_rows: list[dict[str, Any]] = []
+            tracked: list[tuple[str, int]] = []
+            opted_out: list[ConsentRecord] = []
             for item, result in results:
                 payload = item.payload
                 event: Event
@@ -152,13 +162,10 @@ class Dispatcher:
                     back.apply(item, event)
                     continue
                 if result.status == "retry" and item.attempts + 1 < self.retry.max_attempts:
-                    back.retries.append(
-                        (
-                            item.id,
-                            now + self.retry.delay(item.idempotency_key, item.attempts),
-                            {"reason": result.reason},
-                        )
-                    )
+                    delay = self.retry.delay(item.idempotency_key, item.attempts)
+                    if result.retry_after is not None:  # the provider said how long
+                        delay = max(delay, timedelta(seconds=result.retry_after))
+                    back.retries.append((item.id, now + delay, {"reason": result.reason}))
                     continue
                 status = "done" if result.status == "sent" else "failed"
                 outcome: dict[str, Any] = {
@@ -174,6 +181,20 @@ class Dispatcher:
                         cost=str(self.sms_segment_cost * parts.segments),
                     )
                 back.finished.append((item.id, status, outcome))
+                if result.failure == "opted_out":  # the provider knows of an opt-out we missed
+                    opted_out.append(
+                        ConsentRecord(
+                            channel=payload["channel"],
+                            address=payload["address"],
+                            granted=False,
+                            at=now,
+                            actor="provider",
+                            method=f"provider refused: {result.reason}",
+                            source=payload["channel"],
+                        )
+                    )
+                if result.status == "sent" and result.tracked:
+                    tracked.append((result.provider_id, item.id))
                 if result.status == "sent":
                     case = cases.get(item.case_id)
                     sent_rows.append(
@@ -201,6 +222,9 @@ class Dispatcher:
                     )
                 back.apply(item, event)
             tx.log_sent(sent_rows)
+            tx.track_deliveries(tracked, now)
+            for record in opted_out:
+                tx.record_consent(record)
             back.commit()
         return len(claimed)
 
@@ -219,6 +243,11 @@ class Dispatcher:
             default=None,
         )
         sent = tx.sent_since(accounts, now - longest) if longest else {}
+        inbound = tx.last_inbound(
+            ("whatsapp", i.payload["address"])
+            for i in claimed
+            if i.payload["channel"] == "whatsapp"
+        )
         waiting = tx.waiting_required(accounts) if longest else {}
         verdicts: dict[int, Verdict] = {}
         for item in claimed:
@@ -250,6 +279,11 @@ class Dispatcher:
                 consents=tuple(r for r in ledger if r.address == payload["address"]),
                 sent=tuple(sent.get(case.account_id, ())),
                 waiting_required=waiting.get(case.account_id, 0),
+                last_inbound={
+                    channel: at
+                    for (channel, address), at in inbound.items()
+                    if address == payload["address"]
+                },
             )
             verdict = decide(message, recipient, self._rules(case, tx), now)
             verdicts[item.id] = verdict

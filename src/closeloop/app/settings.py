@@ -48,6 +48,18 @@ class Settings(BaseSettings):
         default=None, description="CA bundle to trust for STARTTLS (default: the system's)"
     )
     email_sender: str = "closeloop <no-reply@closeloop.invalid>"
+    twilio_base_url: str = Field(
+        default="https://api.twilio.com", description="Twilio's API, or the local sandbox"
+    )
+    twilio_account_sid: str | None = Field(
+        default=None, description="send SMS and WhatsApp through Twilio (default: the local sink)"
+    )
+    twilio_auth_token: SecretStr | None = None
+    twilio_sms_from: str | None = Field(default=None, description="our SMS number, E.164")
+    twilio_whatsapp_from: str | None = Field(default=None, description="our WhatsApp number")
+    program_name: str = "closeloop payments"
+    program_help: str = "help at 1-800-555-0100 or https://closeloop.invalid/help"
+    program_frequency: str = "Up to 3 msgs per week"
     sms_segment_cost: Decimal = Field(
         default=Decimal("0.0083"), ge=0, description="what one SMS segment costs (reporting)"
     )

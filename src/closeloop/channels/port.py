@@ -23,6 +23,10 @@ class SendResult:
     status: Literal["sent", "failed", "retry"]
     reason: str = ""
     provider_id: str = ""
+    # Why a message failed, for the cadence: opted_out, unreachable, carrier_block, other.
+    failure: str = ""
+    retry_after: float | None = None  # seconds the provider asked us to wait (429)
+    tracked: bool = False  # the provider will report delivery by webhook
 
 
 class Channel(Protocol):

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -36,10 +36,13 @@ from closeloop.store.tables import (
     case_events,
     cases,
     consents,
+    delivery_receipts,
+    inbound_messages,
     links,
     outbox,
     timers,
     unsubscribe_tokens,
+    webhook_rejections,
     workflows,
 )
 
@@ -560,6 +563,110 @@ class Tx:
             "deferred": {c: n for c, n in self.c.execute(deferred).all() if c},
             "blocked": {r: n for r, n in self.c.execute(blocked).all() if r},
         }
+
+    # -- provider webhooks ----------------------------------------------------
+    def track_deliveries(self, rows: Sequence[tuple[str, int]], now: datetime) -> None:
+        """Remember which outbox row each provider message id belongs to."""
+        if rows:
+            self.c.execute(
+                delivery_receipts.insert(),
+                [
+                    {"provider_id": p, "outbox_id": o, "status": "accepted", "updated_at": now}
+                    for p, o in rows
+                ],
+            )
+
+    def delivery_receipt(self, provider_id: str) -> dict[str, Any] | None:
+        stmt = sa.select(delivery_receipts).where(delivery_receipts.c.provider_id == provider_id)
+        if self.dialect == "postgresql":
+            stmt = stmt.with_for_update()
+        row = self.c.execute(stmt).first()
+        return dict(row._mapping) if row else None
+
+    def update_delivery_receipt(
+        self, provider_id: str, status: str, error_code: str | None, now: datetime
+    ) -> None:
+        self.c.execute(
+            delivery_receipts.update()
+            .where(delivery_receipts.c.provider_id == provider_id)
+            .values(status=status, error_code=error_code, updated_at=now)
+        )
+
+    def delivery_counts(self) -> dict[str, int]:
+        stmt = sa.select(delivery_receipts.c.status, sa.func.count()).group_by(
+            delivery_receipts.c.status
+        )
+        return {status: n for status, n in self.c.execute(stmt).all()}
+
+    def outbox_item(self, item_id: int) -> OutboxItem | None:
+        row = self.c.execute(sa.select(outbox).where(outbox.c.id == item_id)).first()
+        if row is None:
+            return None
+        return OutboxItem(
+            id=row.id,
+            case_id=row.case_id,
+            kind=row.kind,
+            idempotency_key=row.idempotency_key,
+            payload=dict(row.payload),
+            attempts=row.attempts,
+        )
+
+    def record_inbound(
+        self,
+        *,
+        provider_id: str,
+        channel: str,
+        address: str,
+        to_address: str,
+        body: str,
+        keyword: str | None,
+        at: datetime,
+    ) -> bool:
+        """Keep a customer's message; False when this provider id was kept before."""
+        stmt = sa.select(inbound_messages.c.id).where(inbound_messages.c.provider_id == provider_id)
+        if self.c.execute(stmt).first() is not None:
+            return False
+        self.c.execute(
+            inbound_messages.insert().values(
+                provider_id=provider_id,
+                channel=channel,
+                address=address,
+                to_address=to_address,
+                body=body,
+                keyword=keyword,
+                received_at=at,
+            )
+        )
+        return True
+
+    def last_inbound(self, addresses: Iterable[tuple[str, str]]) -> dict[tuple[str, str], datetime]:
+        """When each (channel, address) last wrote to us."""
+        pairs = sorted(set(addresses))
+        if not pairs:
+            return {}
+        stmt = (
+            sa.select(
+                inbound_messages.c.channel,
+                inbound_messages.c.address,
+                sa.func.max(inbound_messages.c.received_at),
+            )
+            .where(sa.tuple_(inbound_messages.c.channel, inbound_messages.c.address).in_(pairs))
+            .group_by(inbound_messages.c.channel, inbound_messages.c.address)
+        )
+        found: dict[tuple[str, str], datetime] = {}
+        for channel, address, at in self.c.execute(stmt):
+            value = at if isinstance(at, datetime) else datetime.fromisoformat(str(at))
+            found[(channel, address)] = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return found
+
+    def reject_webhook(self, path: str, remote: str, reason: str, now: datetime) -> None:
+        self.c.execute(
+            webhook_rejections.insert().values(path=path, remote=remote, reason=reason, at=now)
+        )
+
+    def webhook_rejections(self) -> list[dict[str, Any]]:
+        stmt = sa.select(webhook_rejections).order_by(webhook_rejections.c.id)
+        return [dict(r._mapping) for r in self.c.execute(stmt)]
 
     def consent_counts(self) -> dict[str, int]:
         """Ledger records by kind: granted and withdrawn."""

@@ -205,3 +205,48 @@ unsubscribe_tokens = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("used_at", UTCDateTime),
 )
+
+# -- provider webhooks (migration 0003) ----------------------------------------
+inbound_messages = sa.Table(
+    "inbound_messages",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("provider_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("address", sa.String(320), nullable=False),  # the customer's
+    sa.Column("to_address", sa.String(320), nullable=False),  # ours
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("keyword", sa.String(16)),  # stop, help, start, or none
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Index("ix_inbound_address", "channel", "address", "received_at"),
+)
+
+webhook_rejections = sa.Table(
+    "webhook_rejections",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("path", sa.String(200), nullable=False),
+    sa.Column("remote", sa.String(100), nullable=False),
+    sa.Column("reason", sa.String(200), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+)
+
+delivery_receipts = sa.Table(
+    "delivery_receipts",
+    metadata,
+    sa.Column("provider_id", sa.String(64), primary_key=True),
+    sa.Column("outbox_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("error_code", sa.String(16)),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from closeloop.app import App, TriggerIn
 from closeloop.errors import NotFound, TriggerError
-from closeloop.web import unsubscribe
+from closeloop.web import unsubscribe, webhooks
 
 
 class TriggerBody(BaseModel):
@@ -134,4 +134,5 @@ def create_api(app: App) -> FastAPI:
         return encoded
 
     api.include_router(unsubscribe.router(app))
+    api.include_router(webhooks.router(app))
     return api

@@ -1,0 +1,315 @@
+"""SMS over Twilio's API against closeloop's sandbox, with signed webhooks, over real HTTP.
+
+closeloop's API and the Twilio sandbox each run in a real HTTP server
+(uvicorn) on loopback: closeloop's Twilio client posts to the sandbox, the
+sandbox posts signed status callbacks and customers' replies back to
+closeloop's webhooks. Signatures in these tests are made with Twilio's own
+Python library, so closeloop is checked against the reference implementation.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import uvicorn
+from twilio.request_validator import RequestValidator
+
+from closeloop.app import App, Settings, build
+from closeloop.app.inbound import keyword
+from closeloop.channels import OutgoingMessage
+from closeloop.channels.twilio import TwilioChannel, signature
+from closeloop.channels.twilio_sandbox import TwilioSandbox
+from closeloop.clock import SimClock
+from closeloop.web import create_api
+from tests.conftest import EXAMPLE, NOW
+from tests.integration.test_runtime import ACCOUNT, trigger
+
+SID, TOKEN, OURS = "AC" + "0" * 32, "sandbox-auth-token", "+15005550006"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Served:
+    """An ASGI app on a real loopback HTTP server, in a thread."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def world(database_url: str, tmp_path: Path) -> Iterator[tuple[App, TwilioSandbox, str]]:
+    ours, theirs = free_port(), free_port()
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        workflows=[EXAMPLE],
+        public_url=f"http://127.0.0.1:{ours}",
+        twilio_base_url=f"http://127.0.0.1:{theirs}",
+        twilio_account_sid=SID,
+        twilio_auth_token=TOKEN,
+        twilio_sms_from=OURS,
+        program_name="Acme Card",
+    )
+    clock = SimClock(NOW)
+    app = build(settings, clock=clock)
+    sms_only = {
+        **ACCOUNT,
+        "contacts": [{"channel": "sms", "address": "+12125550123", "consent": True}],
+    }
+    app.ledger.add_accounts(
+        [
+            sms_only,
+            {
+                **sms_only,
+                "account_id": "A2",
+                "contacts": [{"channel": "sms", "address": "+12125550110", "consent": True}],
+            },
+        ]
+    )
+    sandbox = TwilioSandbox(
+        sa.create_engine(f"sqlite:///{tmp_path / 'twilio.db'}"),
+        account_sid=SID,
+        auth_token=TOKEN,
+        inbound_url=f"{settings.public_url}/webhooks/twilio/inbound",
+        rate_per_second=50,
+    )
+    api, provider = Served(create_api(app), ours), Served(sandbox.app, theirs)
+    yield app, sandbox, api.url
+    provider.stop()
+    api.stop()
+    app.close()
+    sandbox.engine.dispose()
+
+
+def history(app: App, case_id: str) -> list[dict[str, Any]]:
+    with app.store.read() as tx:
+        return tx.history(case_id)
+
+
+def test_an_sms_goes_through_twilio_and_its_delivery_is_reported(
+    world: tuple[App, TwilioSandbox, str],
+) -> None:
+    app, sandbox, _ = world
+    (result,) = app.runtime.intake([trigger()])
+    assert result.case_id is not None
+    app.work()  # the first step is email: no address, skipped
+    app.clock.advance(timedelta(hours=24))  # type: ignore[attr-defined]
+    app.work()  # the SMS step
+    (sent,) = [m for m in sandbox.messages() if m["direction"] == "outbound-api"]
+    assert (sent["to"], sent["from_"]) == ("+12125550123", OURS)
+    assert "Reply STOP to opt out" in sent["body"] and "/m/" in sent["body"]
+    assert sandbox.deliver_callbacks() == 3  # queued, sent, delivered: signed, accepted
+    with app.store.read() as tx:
+        assert tx.delivery_counts() == {"delivered": 1}
+        assert tx.webhook_rejections() == []
+    assert [m["status"] for m in sandbox.messages()] == ["delivered"]
+
+
+def test_undelivered_sms_falls_back_through_the_case(
+    world: tuple[App, TwilioSandbox, str],
+) -> None:
+    app, sandbox, _ = world
+    (result,) = app.runtime.intake([trigger("t2", account="A2")])
+    assert result.case_id is not None
+    app.work()
+    app.clock.advance(timedelta(hours=24))  # type: ignore[attr-defined]
+    app.work()
+    sandbox.deliver_callbacks()
+    failed = [h for h in history(app, result.case_id) if h["kind"] == "message_failed"]
+    assert failed and failed[-1]["reason"] == "unreachable: undelivered (error 30003)"
+    with app.store.read() as tx:
+        assert tx.delivery_counts() == {"undelivered": 1}
+
+
+def test_stop_help_and_start_from_the_customer(world: tuple[App, TwilioSandbox, str]) -> None:
+    app, sandbox, _ = world
+    stop = sandbox.reply("+12125550123", OURS, "  Stop! ")
+    assert stop["status"] == 200
+    assert stop["replies"] == [
+        "Acme Card: you are unsubscribed and will get no more messages. "
+        "Reply START to subscribe again."
+    ]
+    assert sandbox.reply("+12125550123", OURS, "STOPALL")["replies"] == []  # one confirmation
+    help_ = sandbox.reply("+12125550123", OURS, "help")["replies"]
+    assert len(help_) == 1 and "Acme Card" in help_[0]
+    assert "Msg & data rates may apply" in help_[0] and "Reply STOP to opt out" in help_[0]
+    with app.store.read() as tx:
+        ledger = tx.consents_for([("sms", "+12125550123")])
+    assert [(r.granted, r.method, r.source) for r in ledger] == [
+        (False, "sms keyword Stop!", "twilio")
+    ]
+    # While suppressed, nothing goes to the number from any workflow.
+    (result,) = app.runtime.intake([trigger("t3")])
+    assert result.case_id is not None
+    app.work()
+    app.clock.advance(timedelta(hours=24))  # type: ignore[attr-defined]
+    app.work()
+    assert [m for m in sandbox.messages() if m["direction"] == "outbound-api"] == []
+    failed = [h for h in history(app, result.case_id) if h["kind"] == "message_failed"]
+    assert failed and str(failed[0]["reason"]).startswith("suppressed")
+    start = sandbox.reply("+12125550123", OURS, "UNSTOP")["replies"]
+    assert start == ["Acme Card: you are subscribed again. Reply HELP for help, STOP to opt out."]
+    with app.store.read() as tx:
+        assert tx.consents_for([("sms", "+12125550123")])[-1].granted
+
+
+def test_unsigned_and_tampered_webhooks_are_refused_and_recorded(
+    world: tuple[App, TwilioSandbox, str],
+) -> None:
+    app, _, base = world
+    url = f"{app.settings.public_url}/webhooks/twilio/inbound"
+    params = {"MessageSid": "SM" + "1" * 32, "From": "+12125550123", "To": OURS, "Body": "STOP"}
+    official = RequestValidator(TOKEN).compute_signature(url, params)
+    assert official == signature(url, params, TOKEN)  # the same algorithm as Twilio's library
+    unsigned = httpx.post(f"{base}/webhooks/twilio/inbound", data=params)
+    tampered = httpx.post(
+        f"{base}/webhooks/twilio/inbound",
+        data={**params, "Body": "HELP"},
+        headers={"X-Twilio-Signature": official},
+    )
+    wrong_key = RequestValidator("not-the-token").compute_signature(url, params)
+    forged = httpx.post(
+        f"{base}/webhooks/twilio/inbound", data=params, headers={"X-Twilio-Signature": wrong_key}
+    )
+    assert unsigned.status_code == tampered.status_code == forged.status_code == 403
+    with app.store.read() as tx:
+        reasons = [r["reason"] for r in tx.webhook_rejections()]
+        assert tx.consents_for([("sms", "+12125550123")]) == []  # nothing changed
+    assert reasons == [
+        "no X-Twilio-Signature",
+        "X-Twilio-Signature does not match",
+        "X-Twilio-Signature does not match",
+    ]
+    good = httpx.post(
+        f"{base}/webhooks/twilio/inbound", data=params, headers={"X-Twilio-Signature": official}
+    )
+    assert good.status_code == 200 and "<Message>" in good.text
+    again = httpx.post(
+        f"{base}/webhooks/twilio/inbound", data=params, headers={"X-Twilio-Signature": official}
+    )
+    assert again.status_code == 200 and "<Message>" not in again.text  # a retried webhook
+
+
+def test_the_client_classifies_what_twilio_answers(world: tuple[App, TwilioSandbox, str]) -> None:
+    _, sandbox, _ = world
+    channel = TwilioChannel(
+        base_url=str(world[0].settings.twilio_base_url),
+        account_sid=SID,
+        auth_token=TOKEN,
+        sender=OURS,
+    )
+
+    def send(to: str, n: int = 0) -> Any:
+        return channel.send(
+            OutgoingMessage(
+                idempotency_key=f"k{to}{n}",
+                case_id="c",
+                channel="sms",
+                address=to,
+                subject=None,
+                body="hello, reply STOP to opt out",
+                link="",
+            )
+        )
+
+    assert send("+12125550123").status == "sent"
+    opted = send("+12125550104")
+    assert (opted.status, opted.failure) == ("failed", "opted_out")
+    assert send("+15005550001").failure == "unreachable"
+    assert send("+12125550109").failure == "unreachable"
+    sandbox.rate = 2
+    answers = [send("+12125550123", n) for n in range(1, 4)]
+    limited = [a for a in answers if a.status == "retry"]
+    assert limited and limited[0].retry_after == 1.0 and "rate limited: 429" in limited[0].reason
+    bad_auth = TwilioChannel(
+        base_url=str(world[0].settings.twilio_base_url),
+        account_sid=SID,
+        auth_token="wrong",
+        sender=OURS,
+    )
+    denied = bad_auth.send(
+        OutgoingMessage(
+            idempotency_key="x",
+            case_id="c",
+            channel="sms",
+            address="+12125550123",
+            subject=None,
+            body="hi STOP",
+            link="",
+        )
+    )
+    assert denied.status == "retry" and denied.reason.startswith("Twilio setup: 401")
+    down = TwilioChannel(
+        base_url="http://127.0.0.1:9", account_sid=SID, auth_token=TOKEN, sender=OURS
+    )
+    assert (
+        send.__name__
+        and down.send(
+            OutgoingMessage(
+                idempotency_key="y",
+                case_id="c",
+                channel="sms",
+                address="+12125550123",
+                subject=None,
+                body="hi STOP",
+                link="",
+            )
+        ).status
+        == "retry"
+    )
+    for c in (channel, bad_auth, down):
+        c.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "word"),
+    [
+        ("STOP", "stop"),
+        ("  stop  ", "stop"),
+        ("Stop.", "stop"),
+        ("stopall", "stop"),
+        ("Unsubscribe!", "stop"),
+        ("cancel", "stop"),
+        ("END", "stop"),
+        ("quit", "stop"),
+        ("Revoke", "stop"),
+        ("opt out", "stop"),
+        ("OPT-OUT", "stop"),
+        ("help", "help"),
+        ("Info?", "help"),
+        ("start", "start"),
+        ("UNSTOP", "start"),
+        ("please stop texting", None),
+        ("stopped", None),
+        ("", None),
+    ],
+)
+def test_keywords(text: str, word: str | None) -> None:
+    assert keyword(text) == word
