@@ -384,6 +384,63 @@ def sandbox_smtp(
         engine.dispose()
 
 
+@sandbox_cli.command("twilio")
+def sandbox_twilio(
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8089,
+    host: str = "127.0.0.1",
+    inbound_url: Annotated[
+        str | None,
+        typer.Option(
+            help="closeloop's inbound webhook (default: PUBLIC_URL/webhooks/twilio/inbound)"
+        ),
+    ] = None,
+    rate: Annotated[float, typer.Option(min=0.1, help="messages per second per sender")] = 100.0,
+) -> None:
+    """Run the local Twilio-compatible Messages API (SMS and WhatsApp).
+
+    It uses CLOSELOOP_TWILIO_ACCOUNT_SID and CLOSELOOP_TWILIO_AUTH_TOKEN (or
+    made-up ones it prints), keeps messages in the world database, and calls
+    status callbacks every 200 ms. A customer's reply: curl --data-urlencode
+    From=+12125550123 --data-urlencode To=+15005550006 -d Body=STOP
+    http://HOST:PORT/sandbox/reply
+    """
+    import threading
+
+    import uvicorn
+
+    from closeloop.channels.twilio_sandbox import TwilioSandbox
+    from closeloop.store.database import create_engine
+
+    settings = _settings()
+    sid = settings.twilio_account_sid or "AC" + "0" * 32
+    token = (
+        settings.twilio_auth_token.get_secret_value()
+        if settings.twilio_auth_token
+        else "sandbox-auth-token"
+    )
+    engine = create_engine(settings.resolved_world_url())
+    sandbox = TwilioSandbox(
+        engine,
+        account_sid=sid,
+        auth_token=token,
+        inbound_url=inbound_url or f"{settings.public_url.rstrip('/')}/webhooks/twilio/inbound",
+        rate_per_second=rate,
+    )
+    stop = threading.Event()
+
+    def callbacks() -> None:
+        while not stop.wait(0.2):
+            sandbox.deliver_callbacks()
+
+    threading.Thread(target=callbacks, daemon=True).start()
+    err.print(f"Twilio sandbox on http://{host}:{port} (account {sid}, token {token})")
+    try:
+        uvicorn.run(sandbox.app, host=host, port=port, log_level="warning")
+    finally:
+        stop.set()
+        engine.dispose()
+
+
 # -- demo ---------------------------------------------------------------------
 @cli.command()
 def demo(

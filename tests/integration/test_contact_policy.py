@@ -135,3 +135,26 @@ def test_every_email_carries_a_working_unsubscribe_link(app: App) -> None:
         assert len(tx.consents_for([("email", "ana@example.com")])) == 1
     assert result.case_id is not None
     assert app.runtime.case(result.case_id).status is Status.OPTED_OUT
+
+
+def test_a_provider_rate_limit_paces_sends_without_failing_them(
+    database_url: str, tmp_path: Path, clock: SimClock
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path, database_url=database_url, workflows=[EXAMPLE], email_per_second=2
+    )
+    app = build(settings, clock=clock)
+    try:
+        app.ledger.add_accounts([{**ACCOUNT, "account_id": f"A{i}"} for i in range(5)])
+        app.runtime.intake([trigger(f"t{i}", account=f"A{i}") for i in range(5)])
+        app.dispatcher.send_messages(100)
+        assert len(app.sink.delivered_after(0)) == 2  # two tokens, one batch
+        with app.store.read() as tx:
+            rows = tx.c.execute(
+                sa.select(outbox).where(outbox.c.kind == "message", outbox.c.status == "pending")
+            ).all()
+        assert len(rows) == 3
+        assert all(r.attempts == 0 and r.result == {"deferred": "rate_limit"} for r in rows)
+        assert all(NOW < r.next_attempt_at <= NOW + timedelta(seconds=2) for r in rows)
+    finally:
+        app.close()

@@ -9,9 +9,6 @@ Python library, so closeloop is checked against the reference implementation.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from twilio.request_validator import RequestValidator
 
 from closeloop.app import App, Settings, build
@@ -32,35 +28,9 @@ from closeloop.clock import SimClock
 from closeloop.web import create_api
 from tests.conftest import EXAMPLE, NOW
 from tests.integration.test_runtime import ACCOUNT, trigger
+from tests.servers import Served, free_port
 
 SID, TOKEN, OURS = "AC" + "0" * 32, "sandbox-auth-token", "+15005550006"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Served:
-    """An ASGI app on a real loopback HTTP server, in a thread."""
-
-    def __init__(self, app: Any, port: int) -> None:
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -37,3 +37,20 @@ def test_segments_hold_every_unit(body: str) -> None:
     )
     assert parts.units <= parts.segments * per
     assert parts.segments == 1 or parts.units > (160 if parts.encoding == "GSM-7" else 70)
+
+
+def test_pace_is_a_token_bucket() -> None:
+    import pytest
+
+    from closeloop.app.pacing import Pace
+
+    now = [0.0]
+    pace = Pace(2, clock=lambda: now[0])
+    assert [pace.take(), pace.take()] == [0.0, 0.0]
+    assert pace.take() == 0.5  # the next token comes in half a second
+    now[0] = 0.5
+    assert pace.take() == 0.0
+    now[0] = 10.0  # idle time does not pile up more than a second's worth
+    assert [pace.take(), pace.take(), pace.take()] == [0.0, 0.0, 0.5]
+    with pytest.raises(ValueError, match="more than 0"):
+        Pace(0)

@@ -10,14 +10,17 @@ from datetime import timedelta
 
 from closeloop.app.dispatch import Dispatcher, RetryPolicy
 from closeloop.app.inbound import Inbound, Program
+from closeloop.app.pacing import Pace
 from closeloop.app.runtime import Runtime, Workflows
 from closeloop.app.service import CustomerService
 from closeloop.app.settings import Settings
 from closeloop.channels import Channel, SinkChannel
 from closeloop.channels.smtp import SmtpChannel
 from closeloop.channels.twilio import TwilioChannel
+from closeloop.channels.webhook import WebhookChannel
 from closeloop.clock import Clock, SystemClock
 from closeloop.connectors import LedgerCore
+from closeloop.errors import InputError
 from closeloop.spec import load_spec_file
 from closeloop.store import Store
 from closeloop.store.database import create_engine
@@ -141,6 +144,12 @@ def build(
                     whatsapp=channel == "whatsapp",
                     status_callback=callback,
                 )
+    if settings.webhook_url:
+        if settings.webhook_secret is None:
+            raise InputError("CLOSELOOP_WEBHOOK_URL needs CLOSELOOP_WEBHOOK_SECRET to sign with")
+        channels["webhook"] = WebhookChannel(
+            url=settings.webhook_url, secret=settings.webhook_secret.get_secret_value()
+        )
     dispatcher = Dispatcher(
         runtime,
         channels=channels,
@@ -149,6 +158,15 @@ def build(
         public_url=settings.public_url,
         link_lifetime=lifetime,
         sms_segment_cost=settings.sms_segment_cost,
+        pace={
+            channel: Pace(rate)
+            for channel, rate in (
+                ("sms", settings.sms_per_second),
+                ("whatsapp", settings.whatsapp_per_second),
+                ("email", settings.email_per_second),
+            )
+            if rate
+        },
     )
     service = CustomerService(runtime, public_url=settings.public_url, link_lifetime=lifetime)
     inbound = Inbound(

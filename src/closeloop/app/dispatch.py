@@ -19,6 +19,7 @@ import structlog
 
 from closeloop.app import links
 from closeloop.app.compose import compose
+from closeloop.app.pacing import Pace
 from closeloop.app.runtime import Runtime
 from closeloop.channels import Channel, OutgoingMessage, SendResult
 from closeloop.channels.sms import measure
@@ -78,6 +79,7 @@ class Dispatcher:
         public_url: str,
         link_lifetime: timedelta,
         sms_segment_cost: Decimal = Decimal("0"),
+        pace: Mapping[str, Pace] | None = None,
     ) -> None:
         self.runtime = runtime
         self.channels = channels
@@ -86,6 +88,7 @@ class Dispatcher:
         self.public_url = public_url
         self.link_lifetime = link_lifetime
         self.sms_segment_cost = sms_segment_cost
+        self.pace = dict(pace or {})
         self._rules_cache: dict[tuple[str, str | None], ContactRules] = {}
 
     def release_leases(self) -> None:
@@ -105,6 +108,7 @@ class Dispatcher:
         if not claimed:
             return 0
         results: list[tuple[OutboxItem, SendResult | Verdict]] = []
+        paced: list[tuple[OutboxItem, float]] = []  # over the provider's rate: a moment later
         for item in claimed:
             verdict = verdicts[item.id]
             if not verdict.sends:
@@ -120,10 +124,19 @@ class Dispatcher:
                     (item, SendResult(status="failed", reason=f"no {message.channel} channel"))
                 )
                 continue
+            pace = self.pace.get(message.channel)
+            wait = pace.take() if pace is not None else 0.0
+            if wait:
+                paced.append((item, wait))
+                continue
             results.append((item, channel.send(message)))
         now = self.runtime.clock.now()
         with self.runtime.store.transaction() as tx:
             back = _FeedBack(self.runtime, tx, [i for i, _ in results], now)
+            for item, wait in paced:
+                back.deferrals.append(
+                    (item.id, now + timedelta(seconds=wait), {"deferred": "rate_limit"})
+                )
             sent_rows: list[dict[str, Any]] = []
             tracked: list[tuple[str, int]] = []
             opted_out: list[ConsentRecord] = []

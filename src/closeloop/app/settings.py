@@ -57,6 +57,15 @@ class Settings(BaseSettings):
     twilio_auth_token: SecretStr | None = None
     twilio_sms_from: str | None = Field(default=None, description="our SMS number, E.164")
     twilio_whatsapp_from: str | None = Field(default=None, description="our WhatsApp number")
+    webhook_url: str | None = Field(
+        default=None, description="your messaging gateway: the signed webhook channel posts here"
+    )
+    webhook_secret: SecretStr | None = None
+    sms_per_second: float | None = Field(
+        default=None, gt=0, description="the SMS sender's rate limit at the provider"
+    )
+    whatsapp_per_second: float | None = Field(default=None, gt=0)
+    email_per_second: float | None = Field(default=None, gt=0)
     program_name: str = "closeloop payments"
     program_help: str = "help at 1-800-555-0100 or https://closeloop.invalid/help"
     program_frequency: str = "Up to 3 msgs per week"
