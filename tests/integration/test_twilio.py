@@ -25,6 +25,7 @@ from closeloop.channels import OutgoingMessage
 from closeloop.channels.twilio import TwilioChannel, signature
 from closeloop.channels.twilio_sandbox import TwilioSandbox
 from closeloop.clock import SimClock
+from closeloop.contact import ContactRules, Proposed, Recipient, decide
 from closeloop.web import create_api
 from tests.conftest import EXAMPLE, NOW
 from tests.integration.test_runtime import ACCOUNT, trigger
@@ -283,3 +284,20 @@ def test_the_client_classifies_what_twilio_answers(world: tuple[App, TwilioSandb
 )
 def test_keywords(text: str, word: str | None) -> None:
     assert keyword(text) == word
+
+
+def test_a_whatsapp_message_from_the_customer_opens_the_free_form_window(
+    world: tuple[App, TwilioSandbox, str],
+) -> None:
+    app, sandbox, _ = world
+    sandbox.reply("whatsapp:+12125550123", f"whatsapp:{OURS}", "hola")
+    now = app.clock.now()
+    with app.store.read() as tx:
+        seen = tx.last_inbound([("whatsapp", "+12125550123"), ("whatsapp", "+12125550199")])
+    assert list(seen) == [("whatsapp", "+12125550123")]
+    free_form = Proposed(case_id="c", channel="whatsapp", address="+12125550123")
+    ny = ("America/New_York",)
+    opened = Recipient(zones=ny, last_inbound={"whatsapp": seen[("whatsapp", "+12125550123")]})
+    assert decide(free_form, opened, ContactRules(), now).sends
+    later = decide(free_form, opened, ContactRules(), now + timedelta(hours=24))
+    assert later.reason == "whatsapp_window"
