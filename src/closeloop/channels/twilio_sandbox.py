@@ -137,18 +137,7 @@ class TwilioSandbox:
         if self._over_rate(sender):
             return 429, _error(20429, "Too Many Requests"), {"Retry-After": "1"}
         sid = _sid()
-        with self.engine.begin() as c:
-            c.execute(
-                twilio_messages.insert().values(
-                    sid=sid,
-                    direction="outbound-api",
-                    from_=sender,
-                    to=to,
-                    body=body,
-                    status="queued",
-                    created_at=datetime.now(UTC).isoformat(),
-                )
-            )
+        self._keep(sid, "outbound-api", sender, to, body, "queued")
         callback = form.get("StatusCallback")
         if callback:
             final, error_code = FAILS_LATER.get(number, ("delivered", ""))
@@ -217,19 +206,7 @@ class TwilioSandbox:
         if not self.inbound_url:
             raise HTTPException(409, "the sandbox has no inbound webhook URL configured")
         sid = _sid()
-        now = datetime.now(UTC).isoformat()
-        with self.engine.begin() as c:
-            c.execute(
-                twilio_messages.insert().values(
-                    sid=sid,
-                    direction="inbound",
-                    from_=sender,
-                    to=to,
-                    body=body,
-                    status="received",
-                    created_at=now,
-                )
-            )
+        self._keep(sid, "inbound", sender, to, body, "received")
         params = {
             "AccountSid": self.account_sid,
             "ApiVersion": "2010-04-01",
@@ -245,20 +222,23 @@ class TwilioSandbox:
         if response is None:
             return {"sid": sid, "status": 0, "replies": []}
         replies = _twiml_messages(response.text) if response.status_code < 400 else []
-        with self.engine.begin() as c:
-            for text in replies:
-                c.execute(
-                    twilio_messages.insert().values(
-                        sid=_sid(),
-                        direction="reply",
-                        from_=to,
-                        to=sender,
-                        body=text,
-                        status="delivered",
-                        created_at=now,
-                    )
-                )
+        for text in replies:
+            self._keep(_sid(), "reply", to, sender, text, "delivered")
         return {"sid": sid, "status": response.status_code, "replies": replies}
+
+    def _keep(self, sid: str, direction: str, sender: str, to: str, body: str, status: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(
+                twilio_messages.insert().values(
+                    sid=sid,
+                    direction=direction,
+                    from_=sender,
+                    to=to,
+                    body=body,
+                    status=status,
+                    created_at=datetime.now(UTC).isoformat(),
+                )
+            )
 
     def messages(self) -> list[dict[str, Any]]:
         with self.engine.connect() as c:
