@@ -501,12 +501,8 @@ def demo(
         return
     _print_summary(summary, out_dir)
     if example:
-        out.print(
-            f"one resolved case, with its whole history:\n"
-            f"  CLOSELOOP_DATA_DIR={out_dir} closeloop case show {example}",
-            markup=False,
-            highlight=False,
-        )
+        print("one resolved case, with its whole history:")
+        print(f"  CLOSELOOP_DATA_DIR={out_dir} closeloop case show {example}")  # one line to copy
 
 
 def _reset_database(url: str) -> None:
