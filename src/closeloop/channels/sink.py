@@ -33,6 +33,14 @@ sink_messages = sa.Table(
 )
 
 
+_again = (
+    sink_messages.update()
+    .where(sink_messages.c.idempotency_key == sa.bindparam("key"))
+    .values(attempts=sink_messages.c.attempts + 1)
+)
+_deliver = sink_messages.insert()
+
+
 def bounces(address: str) -> bool:
     return address.endswith(".invalid") or address.startswith("+1555555501")
 
@@ -49,24 +57,21 @@ class SinkChannel:
         if bounces(message.address):
             return SendResult(status="failed", reason="unreachable address")
         with self.engine.begin() as c:
-            updated = c.execute(
-                sink_messages.update()
-                .where(sink_messages.c.idempotency_key == message.idempotency_key)
-                .values(attempts=sink_messages.c.attempts + 1)
-            ).rowcount
+            updated = c.execute(_again, {"key": message.idempotency_key}).rowcount
             if not updated:
                 c.execute(
-                    sink_messages.insert().values(
-                        idempotency_key=message.idempotency_key,
-                        case_id=message.case_id,
-                        channel=message.channel,
-                        address=message.address,
-                        subject=message.subject,
-                        body=message.body,
-                        link=message.link,
-                        attempts=1,
-                        delivered_at=self.clock().isoformat(),
-                    )
+                    _deliver,
+                    {
+                        "idempotency_key": message.idempotency_key,
+                        "case_id": message.case_id,
+                        "channel": message.channel,
+                        "address": message.address,
+                        "subject": message.subject,
+                        "body": message.body,
+                        "link": message.link,
+                        "attempts": 1,
+                        "delivered_at": self.clock().isoformat(),
+                    },
                 )
         return SendResult(status="sent", provider_id=message.idempotency_key[:16])
 

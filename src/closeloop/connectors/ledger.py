@@ -40,6 +40,15 @@ sor_ledger = sa.Table(
 )
 
 
+_record_of = sa.select(sor_accounts.c.record).where(
+    sor_accounts.c.account_id == sa.bindparam("account_id")
+)
+_reference_of = sa.select(sor_ledger.c.reference).where(
+    sor_ledger.c.idempotency_key == sa.bindparam("key")
+)
+_record_effect = sor_ledger.insert()
+
+
 class LedgerCore:
     """A system of record in its own database, with seeded fault injection."""
 
@@ -72,9 +81,7 @@ class LedgerCore:
 
     def read_account(self, account_id: str) -> Account | None:
         with self.engine.connect() as c:
-            row = c.execute(
-                sa.select(sor_accounts.c.record).where(sor_accounts.c.account_id == account_id)
-            ).first()
+            row = c.execute(_record_of, {"account_id": account_id}).first()
         if row is None:
             return None
         record = row[0]
@@ -94,11 +101,7 @@ class LedgerCore:
         with self.engine.begin() as c:
             rng = rng_for(self.seed, "ledger", idempotency_key, _iso(self.clock()))
             fails, times_out = rng.random() < self.error_rate, rng.random() < self.timeout_rate
-            stored = c.execute(
-                sa.select(sor_ledger.c.reference).where(
-                    sor_ledger.c.idempotency_key == idempotency_key
-                )
-            ).first()
+            stored = c.execute(_reference_of, {"key": idempotency_key}).first()
             if stored is not None:
                 if times_out:
                     return WritebackResult(ok=False, retryable=True, error="timeout")
@@ -106,24 +109,23 @@ class LedgerCore:
             if fails:
                 return WritebackResult(ok=False, retryable=True, error="503 service unavailable")
             account_id = str(data.get("account_id", ""))
-            exists = c.execute(
-                sa.select(sor_accounts.c.record).where(sor_accounts.c.account_id == account_id)
-            ).first()
+            exists = c.execute(_record_of, {"account_id": account_id}).first()
             if exists is None:
                 return WritebackResult(ok=False, error=f"422 unknown account {account_id}")
             if "closed" in exists[0].get("facts", {}).get("flags", []):
                 return WritebackResult(ok=False, error="422 account is closed")
             reference = f"{operation[:3]}_{idempotency_key[:12]}"
             c.execute(
-                sor_ledger.insert().values(
-                    idempotency_key=idempotency_key,
-                    operation=operation,
-                    account_id=account_id,
-                    case_id=str(data.get("case_id", "")),
-                    payload=json.loads(json.dumps({"argument": argument, **data}, default=str)),
-                    reference=reference,
-                    at=_iso(self.clock()),
-                )
+                _record_effect,
+                {
+                    "idempotency_key": idempotency_key,
+                    "operation": operation,
+                    "account_id": account_id,
+                    "case_id": str(data.get("case_id", "")),
+                    "payload": json.loads(json.dumps({"argument": argument, **data}, default=str)),
+                    "reference": reference,
+                    "at": _iso(self.clock()),
+                },
             )
         if times_out:
             # The effect is committed; the caller only sees a timeout and will retry.

@@ -42,9 +42,17 @@ def _outbox_due(kind: Any) -> sa.ColumnElement[bool]:
     )
 
 
-next_outbox = sa.select(
-    sa.func.min(sa.func.coalesce(outbox.c.leased_until, outbox.c.next_attempt_at))
-).where(outbox.c.status == "pending")
+# When the outbox next has work: the earliest attempt of an unleased row of a
+# kind (an index range of ix_outbox_due), or the earliest lease end (ix_outbox_leased).
+next_unleased = sa.select(sa.func.min(outbox.c.next_attempt_at)).where(
+    outbox.c.kind == sa.bindparam("kind"),
+    outbox.c.status == "pending",
+    outbox.c.leased_until.is_(None),
+)
+next_lease_end = sa.select(sa.func.min(outbox.c.leased_until)).where(
+    outbox.c.leased_until.is_not(None), outbox.c.status == "pending"
+)
+insert_link = links.insert()
 
 
 def _exists(where: sa.ColumnElement[bool], table: sa.Table) -> sa.ColumnElement[bool]:

@@ -38,7 +38,6 @@ from closeloop.store.tables import (
     consents,
     delivery_receipts,
     inbound_messages,
-    links,
     outbox,
     timers,
     unsubscribe_tokens,
@@ -383,7 +382,12 @@ class Tx:
         return self.c.execute(stmt.values(leased_until=None, updated_at=now)).rowcount
 
     def next_outbox_due(self) -> datetime | None:
-        return self.c.execute(q.next_outbox).scalar_one_or_none()
+        due = [
+            self.c.execute(q.next_unleased, {"kind": kind}).scalar_one_or_none()
+            for kind in ("message", "writeback")
+        ]
+        due.append(self.c.execute(q.next_lease_end).scalar_one_or_none())
+        return min((d for d in due if d is not None), default=None)
 
     def finish_outbox(
         self, finished: Sequence[tuple[int, str, dict[str, Any]]], now: datetime
@@ -678,13 +682,14 @@ class Tx:
         self, token_hash: str, case_id: str, channel: str, now: datetime, expires_at: datetime
     ) -> None:
         self.c.execute(
-            links.insert().values(
-                token_hash=token_hash,
-                case_id=case_id,
-                channel=channel,
-                created_at=now,
-                expires_at=expires_at,
-            )
+            q.insert_link,
+            {
+                "token_hash": token_hash,
+                "case_id": case_id,
+                "channel": channel,
+                "created_at": now,
+                "expires_at": expires_at,
+            },
         )
 
     def link(self, token_hash: str) -> dict[str, Any] | None:

@@ -116,6 +116,12 @@ outbox = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("result", JSONType),
     sa.Index("ix_outbox_due", "kind", "status", "next_attempt_at"),
+    sa.Index(
+        "ix_outbox_leased",
+        "leased_until",
+        sqlite_where=sa.text("leased_until IS NOT NULL"),
+        postgresql_where=sa.text("leased_until IS NOT NULL"),
+    ),
 )
 
 exceptions = sa.Table(
