@@ -41,7 +41,6 @@ from closeloop.engine import (
     MessageSent,
     WritebackFailed,
     WritebackSucceeded,
-    region_of,
     rules_for,
     step,
     zones_of,
@@ -89,7 +88,6 @@ class Dispatcher:
         self.link_lifetime = link_lifetime
         self.sms_segment_cost = sms_segment_cost
         self.pace = dict(pace or {})
-        self._rules_cache: dict[tuple[str, str | None], ContactRules] = {}
 
     def release_leases(self) -> None:
         """Make leased rows due now: for a single process resuming after a crash."""
@@ -309,12 +307,7 @@ class Dispatcher:
         return verdicts
 
     def _rules(self, case: Case, tx: Tx) -> ContactRules:
-        compiled = self.runtime.spec_for(case, tx)
-        key = (compiled.key, region_of(case))
-        rules = self._rules_cache.get(key)
-        if rules is None:
-            rules = self._rules_cache[key] = rules_for(compiled, case)
-        return rules
+        return rules_for(self.runtime.spec_for(case, tx), case)
 
     def _lease(self, tx: Tx, kind: str, limit: int) -> list[OutboxItem]:
         """Claim due rows of `kind` and hold them for the length of a lease."""

@@ -23,10 +23,21 @@ def zones_of(case: Case) -> tuple[str, ...]:
     return zones_for(time_zone=case.time_zone, region=region_of(case), phone=phone)
 
 
+_RULES: dict[tuple[str, str | None], ContactRules] = {}
+
+
 def rules_for(compiled: CompiledSpec, case: Case) -> ContactRules:
     """The workflow's contact rules, with the customer's jurisdiction applied."""
+    key = (compiled.key, region_of(case))  # a spec version never changes: memoise
+    rules = _RULES.get(key)
+    if rules is None:
+        rules = _RULES[key] = _rules(compiled, key[1])
+    return rules
+
+
+def _rules(compiled: CompiledSpec, region: str | None) -> ContactRules:
     policy = compiled.spec.contact
-    hours = policy.hours_for(region_of(case))
+    hours = policy.hours_for(region)
     return ContactRules(
         window=ContactWindow(start=hours.start, end=hours.end),
         caps=tuple(Cap(scope=c.scope, max=c.max, per=c.per) for c in policy.caps),
