@@ -84,7 +84,7 @@ def spec_validate(file: Path, as_json: Annotated[bool, typer.Option("--json")] =
 @spec_cli.command("explain")
 def spec_explain(file: Path) -> None:
     """Print the one-page summary a reviewer signs off."""
-    out.print(explain(load_spec_file(file).spec), markup=False, highlight=False)
+    print(explain(load_spec_file(file).spec), end="")  # plain text, unwrapped: a page to sign
 
 
 # -- database ---------------------------------------------------------------

@@ -103,6 +103,12 @@ def test_explain_is_the_reviewer_page() -> None:
     for heading in ("WHO IS CONTACTED", "IDENTITY", "WHAT DONE MEANS", "evidence kept", "CONTACT"):
         assert heading in page
     assert 'if not: "account under legal hold"' in page
+    assert "Only between 08:00 and 21:00 in the customer's local time" in page
+    assert "In MA: between 08:00 and 20:00." in page
+    assert "At most 3 message(s) in 1w per customer, across every workflow" in page
+    assert "At most 4 message(s) per case; then its outreach stops." in page
+    assert "email (declined_card_email), a required notice" in page
+    assert "Messages in English and Spanish" in page
 
 
 def test_every_email_and_sms_says_how_to_opt_out() -> None:

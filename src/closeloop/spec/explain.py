@@ -12,6 +12,18 @@ _FACTS = {
 }
 
 
+_LANGUAGES = {
+    "es": "Spanish",
+    "fr": "French",
+    "pt": "Portuguese",
+    "zh": "Chinese",
+    "vi": "Vietnamese",
+    "ko": "Korean",
+    "de": "German",
+    "it": "Italian",
+}
+
+
 def explain(spec: Spec) -> str:
     """Plain-language summary: outcome, eligibility, identity, evidence, contact."""
     out: list[str] = [f"{spec.title}", f"workflow {spec.workflow}, version {spec.version}", ""]
@@ -63,11 +75,36 @@ def explain(spec: Spec) -> str:
             "not_opened": ", only if the link was not opened",
             "not_verified": ", only if identity was not confirmed",
         }[step.condition]
-        line = f"  {when}: {step.channel} ({step.template}){cond}"
+        kind = ", a required notice" if step.priority == "required" else ""
+        line = f"  {when}: {step.channel} ({step.template}){cond}{kind}"
         if step.fallback:
             line += f"; if it cannot be delivered, {step.fallback.channel} instead"
         out.append(line)
     out.append(f"  The case expires {format_duration(spec.outreach.expires_after)} after it opens.")
+    policy = spec.contact
+    out.append(
+        f"  Only between {policy.hours.start:%H:%M} and {policy.hours.end:%H:%M} in the "
+        "customer's local time (in every time zone they may be in); otherwise later, never lost."
+    )
+    for region, hours in sorted(policy.jurisdictions.items()):
+        out.append(f"  In {region}: between {hours.start:%H:%M} and {hours.end:%H:%M}.")
+    for cap in policy.caps:
+        per = f" in {format_duration(cap.per)}" if cap.per else ""
+        if cap.scope == "customer":
+            out.append(
+                f"  At most {cap.max} message(s){per} per customer, across every workflow; "
+                "more wait, required notices first."
+            )
+        else:
+            out.append(f"  At most {cap.max} message(s){per} per case; then its outreach stops.")
+    out.append(
+        "  Never to an address without consent or after an opt-out; every email carries a "
+        "one-click unsubscribe, every SMS says how to stop."
+    )
+    languages = sorted({code for t in spec.templates.values() for code in t.locales})
+    if languages:
+        names = ", ".join(_LANGUAGES.get(code, code) for code in languages)
+        out.append(f"  Messages in English and {names}, in the customer's language.")
     out += ["", "WHEN IT LEAVES THE HAPPY PATH"]
     for reason, route in spec.exceptions.items():
         out.append(f"  {reason}: queue {route.queue}, handled within {format_duration(route.sla)}")
