@@ -160,8 +160,11 @@ def test_one_click_unsubscribe_over_http(served: tuple[str, Path]) -> None:
     assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
     assert httpx.get(f"{base}/v1/cases/{case_id}").json()["status"] == "opted_out"
     with sqlite3.connect(data / "closeloop.db") as db:
-        rows = db.execute("SELECT channel, granted, method FROM consents").fetchall()
-    assert rows == [("email", 0, "one-click unsubscribe (RFC 8058)")]
+        rows = db.execute("SELECT channel, granted, method FROM consents ORDER BY id").fetchall()
+    assert rows == [
+        ("email", 1, "account record"),
+        ("email", 0, "one-click unsubscribe (RFC 8058)"),
+    ]
     assert httpx.get(f"{base}/u/not-a-token").status_code == 404
     assert (
         httpx.post(f"{base}/u/not-a-token", data={"List-Unsubscribe": "One-Click"}).status_code

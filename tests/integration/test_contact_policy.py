@@ -43,7 +43,14 @@ def test_an_opt_out_suppresses_the_address_for_every_later_case(app: App, clock:
     app.service.opt_out(first.case_id, "email", key="optout-1")
     assert app.runtime.case(first.case_id).status is Status.OPTED_OUT
     with app.store.read() as tx:
-        (record,) = tx.consents_for([("email", "ana@example.com")])
+        seeded, record = tx.consents_for([("email", "ana@example.com")])
+    # The account's consent, recorded when first relied on; then the withdrawal.
+    assert (seeded.granted, seeded.actor, seeded.method, seeded.at) == (
+        True,
+        "system_of_record",
+        "account record",
+        NOW,
+    )
     assert (record.granted, record.actor, record.method, record.account_id) == (
         False,
         "customer",
@@ -132,7 +139,10 @@ def test_every_email_carries_a_working_unsubscribe_link(app: App) -> None:
     }
     assert app.service.unsubscribe(token) == app.service.unsubscribe(token)  # repeatable
     with app.store.read() as tx:
-        assert len(tx.consents_for([("email", "ana@example.com")])) == 1
+        assert [r.granted for r in tx.consents_for([("email", "ana@example.com")])] == [
+            True,
+            False,
+        ]
     assert result.case_id is not None
     assert app.runtime.case(result.case_id).status is Status.OPTED_OUT
 

@@ -249,6 +249,7 @@ class Dispatcher:
         """
         accounts = {c.account_id for c in cases.values()}
         ledger = tx.consents_for((i.payload["channel"], i.payload["address"]) for i in claimed)
+        ledger += self._consent_from_accounts(tx, claimed, cases, ledger)
         longest = max(
             (cap.per for c in cases.values() for cap in self._rules(c, tx).caps if cap.per),
             default=None,
@@ -305,6 +306,39 @@ class Dispatcher:
                     )
                 )
         return verdicts
+
+    @staticmethod
+    def _consent_from_accounts(
+        tx: Tx, claimed: list[OutboxItem], cases: dict[str, Case], ledger: list[ConsentRecord]
+    ) -> list[ConsentRecord]:
+        """Put the system of record's consent in the ledger the first time it is relied on.
+
+        An address with no ledger record is contacted on the strength of the
+        account's consent flag; recording that (who: the system of record,
+        when: as the case opened) keeps the evidence beside every later
+        change. A missing or refused consent is not recorded: it blocks.
+        """
+        known = {(r.channel, r.address) for r in ledger}
+        added: dict[tuple[str, str], ConsentRecord] = {}
+        for item in claimed:
+            case = cases.get(item.case_id)
+            pair = (item.payload["channel"], item.payload["address"])
+            if case is None or pair in known or pair in added:
+                continue
+            if any(c.consent and (c.channel, c.address) == pair for c in case.contacts):
+                added[pair] = ConsentRecord(
+                    channel=pair[0],
+                    address=pair[1],
+                    granted=True,
+                    at=case.opened_at,
+                    actor="system_of_record",
+                    method="account record",
+                    source="system of record",
+                    account_id=case.account_id,
+                )
+        for record in added.values():
+            tx.record_consent(record)
+        return list(added.values())
 
     def _rules(self, case: Case, tx: Tx) -> ContactRules:
         return rules_for(self.runtime.spec_for(case, tx), case)

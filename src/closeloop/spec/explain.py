@@ -75,8 +75,8 @@ def explain(spec: Spec) -> str:
             "not_opened": ", only if the link was not opened",
             "not_verified": ", only if identity was not confirmed",
         }[step.condition]
-        kind = ", a required notice" if step.priority == "required" else ""
-        line = f"  {when}: {step.channel} ({step.template}){cond}{kind}"
+        notice = ", a required notice" if step.priority == "required" else ""
+        line = f"  {when}: {step.channel} ({step.template}){cond}{notice}"
         if step.fallback:
             line += f"; if it cannot be delivered, {step.fallback.channel} instead"
         out.append(line)
