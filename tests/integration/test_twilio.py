@@ -188,73 +188,38 @@ def test_unsigned_and_tampered_webhooks_are_refused_and_recorded(
     assert again.status_code == 200 and "<Message>" not in again.text  # a retried webhook
 
 
-def test_the_client_classifies_what_twilio_answers(world: tuple[App, TwilioSandbox, str]) -> None:
-    _, sandbox, _ = world
-    channel = TwilioChannel(
-        base_url=str(world[0].settings.twilio_base_url),
-        account_sid=SID,
-        auth_token=TOKEN,
-        sender=OURS,
+def sms(to: str, key: str) -> OutgoingMessage:
+    return OutgoingMessage(
+        idempotency_key=key,
+        case_id="c",
+        channel="sms",
+        address=to,
+        subject=None,
+        body="hello, reply STOP to opt out",
+        link="",
     )
 
-    def send(to: str, n: int = 0) -> Any:
-        return channel.send(
-            OutgoingMessage(
-                idempotency_key=f"k{to}{n}",
-                case_id="c",
-                channel="sms",
-                address=to,
-                subject=None,
-                body="hello, reply STOP to opt out",
-                link="",
-            )
-        )
 
-    assert send("+12125550123").status == "sent"
-    opted = send("+12125550104")
+def test_the_client_classifies_what_twilio_answers(world: tuple[App, TwilioSandbox, str]) -> None:
+    app, sandbox, _ = world
+
+    def client(token: str = TOKEN, base: str = app.settings.twilio_base_url) -> TwilioChannel:
+        return TwilioChannel(base_url=base, account_sid=SID, auth_token=token, sender=OURS)
+
+    channel = client()
+    assert channel.send(sms("+12125550123", "k0")).status == "sent"
+    opted = channel.send(sms("+12125550104", "k1"))
     assert (opted.status, opted.failure) == ("failed", "opted_out")
-    assert send("+15005550001").failure == "unreachable"
-    assert send("+12125550109").failure == "unreachable"
+    assert channel.send(sms("+15005550001", "k2")).failure == "unreachable"
+    assert channel.send(sms("+12125550109", "k3")).failure == "unreachable"
     sandbox.rate = 2
-    answers = [send("+12125550123", n) for n in range(1, 4)]
+    answers = [channel.send(sms("+12125550123", f"r{n}")) for n in range(3)]
     limited = [a for a in answers if a.status == "retry"]
     assert limited and limited[0].retry_after == 1.0 and "rate limited: 429" in limited[0].reason
-    bad_auth = TwilioChannel(
-        base_url=str(world[0].settings.twilio_base_url),
-        account_sid=SID,
-        auth_token="wrong",
-        sender=OURS,
-    )
-    denied = bad_auth.send(
-        OutgoingMessage(
-            idempotency_key="x",
-            case_id="c",
-            channel="sms",
-            address="+12125550123",
-            subject=None,
-            body="hi STOP",
-            link="",
-        )
-    )
+    bad_auth, down = client(token="wrong"), client(base="http://127.0.0.1:9")
+    denied = bad_auth.send(sms("+12125550123", "x"))
     assert denied.status == "retry" and denied.reason.startswith("Twilio setup: 401")
-    down = TwilioChannel(
-        base_url="http://127.0.0.1:9", account_sid=SID, auth_token=TOKEN, sender=OURS
-    )
-    assert (
-        send.__name__
-        and down.send(
-            OutgoingMessage(
-                idempotency_key="y",
-                case_id="c",
-                channel="sms",
-                address="+12125550123",
-                subject=None,
-                body="hi STOP",
-                link="",
-            )
-        ).status
-        == "retry"
-    )
+    assert down.send(sms("+12125550123", "y")).status == "retry"
     for c in (channel, bad_auth, down):
         c.close()
 
