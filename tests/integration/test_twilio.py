@@ -266,3 +266,54 @@ def test_a_whatsapp_message_from_the_customer_opens_the_free_form_window(
     assert decide(free_form, opened, ContactRules(), now).sends
     later = decide(free_form, opened, ContactRules(), now + timedelta(hours=24))
     assert later.reason == "whatsapp_window"
+
+
+def test_whatsapp_goes_as_an_approved_template_or_inside_the_session(
+    world: tuple[App, TwilioSandbox, str],
+) -> None:
+    app, sandbox, _ = world
+    base = app.settings.twilio_base_url
+    whatsapp = TwilioChannel(
+        base_url=base,
+        account_sid=SID,
+        auth_token=TOKEN,
+        sender=OURS,
+        whatsapp=True,
+        status_callback=f"{app.settings.public_url}/webhooks/twilio/status",
+    )
+    template = OutgoingMessage(
+        idempotency_key="wa1",
+        case_id="c",
+        channel="whatsapp",
+        address="+12125550123",
+        subject=None,
+        body="Hi Ana, your payment of $120.50 is still due: https://x/m/t",
+        link="https://x/m/t",
+        template_id="HX1234",
+        template_variables={"1": "Ana", "2": "120.50", "3": "https://x/m/t"},
+    )
+    free_form = OutgoingMessage(
+        idempotency_key="wa2",
+        case_id="c",
+        channel="whatsapp",
+        address="+12125550123",
+        subject=None,
+        body="Any questions?",
+        link="",
+    )
+    assert whatsapp.send(template).status == "sent"
+    assert whatsapp.send(free_form).status == "sent"  # accepted, then...
+    outbound = [m for m in sandbox.messages() if m["direction"] == "outbound-api"]
+    assert outbound[0]["to"] == "whatsapp:+12125550123"
+    assert outbound[0]["body"] == '[HX1234] {"1": "Ana", "2": "120.50", "3": "https://x/m/t"}'
+    sandbox.deliver_callbacks()
+    assert [m["status"] for m in sandbox.messages()] == ["delivered", "failed"]
+    assert sandbox.messages()[1]["error_code"] == "63016"  # ...outside the 24 h window
+    sandbox.reply("whatsapp:+12125550123", f"whatsapp:{OURS}", "hola")
+    assert (
+        whatsapp.send(OutgoingMessage(**{**free_form.__dict__, "idempotency_key": "wa3"})).status
+        == "sent"
+    )
+    sandbox.deliver_callbacks()
+    assert sandbox.messages()[-1]["status"] == "delivered"  # inside the window now
+    whatsapp.close()

@@ -156,3 +156,14 @@ def test_templates_per_locale() -> None:
     found = problems_of(edit(spanish_sms, "Gracias."))
     assert len(found) == 1
     assert "templates.declined_card_sms.locales.es.body: an SMS must say how to opt out" in found[0]
+
+
+def test_approved_template_variables_are_checked() -> None:
+    text = edit(
+        "approved_variables: [first_name, amount_due, link]",
+        "approved_variables: [first_name, amount_owed]",
+    )
+    (problem,) = problems_of(text)
+    assert "approved_variables[1]: 'amount_owed' is not a message variable" in problem
+    no_name = edit("    approved_name: payment_reminder_v1\n", "")
+    assert any("set approved_name too" in p for p in problems_of(no_name))

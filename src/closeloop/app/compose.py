@@ -18,12 +18,18 @@ def compose(
     The language is the account's ``locale`` (``es``, ``es-US``), else the
     template's default text.
     """
-    context: dict[str, Any] = {
-        **case.data,
-        "link": link,
-        "first_name": case.account.get("first_name", ""),
-    }
+    context = _context(case, link)
     if unsubscribe_url is not None:
         context["unsubscribe_url"] = unsubscribe_url
     subject, body = text_for(template, case.account.get("locale"))
     return render_message(subject, body, context)
+
+
+def approved_variables(case: Case, template: Template, *, link: str) -> dict[str, str]:
+    """What fills an approved template's {{1}}, {{2}}, ... (as the provider numbers them)."""
+    context = _context(case, link)
+    return {str(n): str(context[name]) for n, name in enumerate(template.approved_variables, 1)}
+
+
+def _context(case: Case, link: str) -> dict[str, Any]:
+    return {**case.data, "link": link, "first_name": case.account.get("first_name", "")}

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from closeloop.app import links
-from closeloop.app.compose import compose
+from closeloop.app.compose import approved_variables, compose
 from closeloop.app.pacing import Pace
 from closeloop.app.runtime import Runtime
 from closeloop.channels import Channel, OutgoingMessage, SendResult
@@ -394,6 +394,10 @@ class Dispatcher:
                 subject=subject,
                 body=body,
                 unsubscribe_url=unsubscribe,
+                template_id=template.approved_name,
+                template_variables=approved_variables(case, template, link=url)
+                if template.approved_name
+                else {},
                 link=url,
             )
         return prepared

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 
@@ -16,6 +17,9 @@ class OutgoingMessage:
     body: str
     link: str
     unsubscribe_url: str | None = None  # email: sent as List-Unsubscribe (RFC 8058)
+    # WhatsApp: a provider-approved template and what fills its {{1}}, {{2}}, ...
+    template_id: str | None = None
+    template_variables: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 from collections.abc import Mapping
 
 import httpx
@@ -81,11 +82,13 @@ class TwilioChannel:
         return f"whatsapp:{number}" if self.whatsapp else number
 
     def send(self, message: OutgoingMessage) -> SendResult:
-        form = {
-            "To": self._address(message.address),
-            "From": self._address(self.sender),
-            "Body": message.body,
-        }
+        form = {"To": self._address(message.address), "From": self._address(self.sender)}
+        if self.whatsapp and message.template_id:
+            # An approved template (Twilio's Content API): sendable outside the 24 h window.
+            form["ContentSid"] = message.template_id
+            form["ContentVariables"] = json.dumps(dict(message.template_variables))
+        else:
+            form["Body"] = message.body
         if self.status_callback:
             form["StatusCallback"] = self.status_callback
         try:

@@ -25,6 +25,9 @@ two more simulate failures after acceptance:
 
 Messages per second per sender are limited (`rate_per_second`); over the
 limit the answer is 429 with ``Retry-After``, as Twilio's queue overflow.
+WhatsApp free-form text (``Body``) to a number that has not written in the
+last 24 hours fails with 63016, as on WhatsApp; an approved template
+(``ContentSid`` with ``ContentVariables``) goes at any time.
 """
 
 from __future__ import annotations
@@ -107,6 +110,7 @@ class TwilioSandbox:
         self.clock = clock
         self._sent: dict[str, deque[float]] = {}
         self._callbacks: deque[tuple[str, dict[str, str]]] = deque()
+        self._inbound: dict[str, float] = {}  # WhatsApp: when each number last wrote
         self._lock = threading.Lock()
         self.http = httpx.Client(timeout=10.0)
         self.app = self._build()
@@ -125,6 +129,9 @@ class TwilioSandbox:
 
     def create(self, form: dict[str, str]) -> tuple[int, dict[str, Any], dict[str, str]]:
         to, sender, body = form.get("To", ""), form.get("From", ""), form.get("Body", "")
+        content = form.get("ContentSid")
+        if content:  # an approved template: what the customer sees is the template's
+            body = f"[{content}] {form.get('ContentVariables', '{}')}"
         number = to.removeprefix("whatsapp:")
         if not to or not sender or not body:
             missing = [k for k in ("To", "From", "Body") if not form.get(k)]
@@ -141,6 +148,8 @@ class TwilioSandbox:
         callback = form.get("StatusCallback")
         if callback:
             final, error_code = FAILS_LATER.get(number, ("delivered", ""))
+            if to.startswith("whatsapp:") and not content and not self._in_session(number):
+                final, error_code = "failed", "63016"  # free-form outside the 24 h window
             statuses = ["sent", final] if final == "delivered" else [final]
             for state in ["queued", *statuses]:
                 params = {
@@ -171,6 +180,10 @@ class TwilioSandbox:
             "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json",
         }
         return 201, message, {}
+
+    def _in_session(self, number: str) -> bool:
+        last = self._inbound.get(number)
+        return last is not None and time.time() - last < 24 * 3600
 
     def deliver_callbacks(self) -> int:
         """Call every pending status callback, signed; return how many were made."""
@@ -207,6 +220,8 @@ class TwilioSandbox:
             raise HTTPException(409, "the sandbox has no inbound webhook URL configured")
         sid = _sid()
         self._keep(sid, "inbound", sender, to, body, "received")
+        if sender.startswith("whatsapp:"):
+            self._inbound[sender.removeprefix("whatsapp:")] = time.time()
         params = {
             "AccountSid": self.account_sid,
             "ApiVersion": "2010-04-01",
@@ -266,10 +281,16 @@ class TwilioSandbox:
             From: Annotated[str, Form()] = "",
             Body: Annotated[str, Form()] = "",
             StatusCallback: Annotated[str | None, Form()] = None,
+            ContentSid: Annotated[str | None, Form()] = None,
+            ContentVariables: Annotated[str | None, Form()] = None,
         ) -> JSONResponse:
             form = {"To": To, "From": From, "Body": Body}
-            if StatusCallback:
-                form["StatusCallback"] = StatusCallback
+            optional = {
+                "StatusCallback": StatusCallback,
+                "ContentSid": ContentSid,
+                "ContentVariables": ContentVariables,
+            }
+            form.update({k: v for k, v in optional.items() if v})
             status, content, headers = self.create(form)
             return JSONResponse(content, status_code=status, headers=headers)
 

@@ -308,6 +308,23 @@ def _check_templates(spec: Spec, problems: list[Problem], problem: Any) -> None:
                         "the body (closeloop also sends it as List-Unsubscribe)",
                     )
                 )
+        known = {"link", "first_name", *spec.trigger.fields}
+        for i, variable in enumerate(template.approved_variables):
+            if variable not in known:
+                problems.append(
+                    problem(
+                        ("templates", name, "approved_variables", i),
+                        f"{variable!r} is not a message variable "
+                        f"(known: {', '.join(sorted(known))})",
+                    )
+                )
+        if template.approved_variables and template.approved_name is None:
+            problems.append(
+                problem(
+                    ("templates", name, "approved_variables"),
+                    "approved_variables fill an approved template: set approved_name too",
+                )
+            )
         if template.approved_name is not None and template.channel != "whatsapp":
             problems.append(
                 problem(

@@ -187,7 +187,12 @@ class Template(SpecModel):
     approved_name: str | None = Field(
         default=None,
         min_length=1,
-        description="WhatsApp: the provider-approved template this body is (sendable any time)",
+        description="WhatsApp: the provider-approved template this body is (sendable any time); "
+        "for Twilio its ContentSid",
+    )
+    approved_variables: list[Name] = Field(
+        default_factory=list,
+        description="what fills the approved template's {{1}}, {{2}}, ... in order",
     )
 
 
