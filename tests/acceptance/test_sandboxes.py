@@ -1,0 +1,72 @@
+"""The local providers as a developer runs them: `closeloop sandbox smtp|twilio`."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import socket
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.acceptance.conftest import CLI
+from tests.servers import free_port
+
+
+@contextmanager
+def running(data: Path, *args: str) -> Iterator[int]:
+    port = free_port()
+    env = {**os.environ, "CLOSELOOP_DATA_DIR": str(data)}
+    env.pop("CLOSELOOP_DATABASE_URL", None)
+    process = subprocess.Popen(
+        [str(CLI), "sandbox", *args, "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(process.stderr.read().decode() if process.stderr else "")
+                time.sleep(0.1)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_sandbox_smtp_keeps_what_it_receives(tmp_path: Path) -> None:
+    with running(tmp_path, "smtp") as port:
+        with smtplib.SMTP("127.0.0.1", port) as smtp:
+            smtp.sendmail("billing@acme.test", ["ana@example.com"], b"Subject: hi\r\n\r\nhello\r\n")
+            refused = smtp.sendmail("billing@acme.test", ["x@y.invalid", "ana@example.com"], b"x")
+        assert list(refused) == ["x@y.invalid"]
+    with sqlite3.connect(tmp_path / "world.db") as db:
+        rows = db.execute("SELECT rcpt_to FROM smtp_received ORDER BY seq").fetchall()
+    assert rows == [("ana@example.com",), ("ana@example.com",)]
+
+
+def test_sandbox_twilio_answers_like_twilio(tmp_path: Path) -> None:
+    sid = "AC" + "0" * 32
+    with running(tmp_path, "twilio") as port:
+        url = f"http://127.0.0.1:{port}/2010-04-01/Accounts/{sid}/Messages.json"
+        form = {"To": "+12125550123", "From": "+15005550006", "Body": "hello STOP"}
+        made = httpx.post(url, data=form, auth=(sid, "sandbox-auth-token"))
+        assert made.status_code == 201 and made.json()["sid"].startswith("SM")
+        assert made.json()["status"] == "queued"
+        denied = httpx.post(url, data=form, auth=(sid, "wrong"))
+        assert denied.status_code == 401 and denied.json()["detail"]["code"] == 20003
+        invalid = httpx.post(
+            url, data={**form, "To": "+15005550001"}, auth=(sid, "sandbox-auth-token")
+        )
+        assert invalid.status_code == 400 and invalid.json()["code"] == 21211
