@@ -95,6 +95,8 @@ def test_demo_prints_a_table_for_people(workdir: Path) -> None:
 def test_demo_refuses_bad_flags(workdir: Path) -> None:
     done = run("demo", "--accounts", "0", cwd=workdir)
     assert done.returncode == 2 and "accounts" in done.stderr
+    pigeon = run("demo", "--providers", "pigeon", cwd=workdir)
+    assert pigeon.returncode == 2 and "--providers must be sink or sandbox" in pigeon.stderr
 
 
 def test_ingest_reports_bad_rows_by_line_and_keeps_good_ones(workdir: Path) -> None:
@@ -200,3 +202,19 @@ def test_template_preview_renders_a_step_for_a_case(workdir: Path) -> None:
     assert "first_email" in bad.stderr
     other = preview("kyc_refresh", "first_email", "--case", case_id)
     assert other.returncode == 2 and "belongs to workflow failed_payment@1" in other.stderr
+
+
+def test_demo_over_the_sandbox_providers_matches_the_sink(workdir: Path) -> None:
+    """Real SMTP and HTTP on loopback carry the messages; the run is the same run."""
+    args = ("--accounts", "120", "--days", "6", "--seed", "11")
+    sink = demo_json(*args, "--out", str(workdir / "sink"), cwd=workdir)
+    real = demo_json(*args, "--providers", "sandbox", "--out", str(workdir / "real"), cwd=workdir)
+    sent = real.pop("provider_messages")
+    assert sent["smtp"] == real["messages_sent"]["email"] > 0
+    assert sent["twilio"] == real["messages_sent"]["sms"] + real["messages_sent"]["whatsapp"] > 0
+    for summary in (sink, real):
+        summary.pop("database"), summary.pop("providers")
+    assert real == sink
+    with sqlite3.connect(workdir / "real" / "sandboxes" / "sandboxes.db") as db:
+        raw = db.execute("SELECT raw FROM smtp_received LIMIT 1").fetchone()[0]
+    assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in raw

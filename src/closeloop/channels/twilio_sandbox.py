@@ -101,6 +101,7 @@ class TwilioSandbox:
         inbound_url: str | None = None,
         rate_per_second: float = 100.0,
         clock: Callable[[], float] = time.monotonic,
+        batch: int = 1,
     ) -> None:
         sandbox_metadata.create_all(engine)
         self.engine = engine
@@ -111,6 +112,8 @@ class TwilioSandbox:
         self._sent: dict[str, deque[float]] = {}
         self._callbacks: deque[tuple[str, dict[str, str]]] = deque()
         self._inbound: dict[str, float] = {}  # WhatsApp: when each number last wrote
+        self._pending: list[dict[str, Any]] = []
+        self.batch = batch
         self._lock = threading.Lock()
         self.http = httpx.Client(timeout=10.0)
         self.app = self._build()
@@ -197,6 +200,7 @@ class TwilioSandbox:
             made += 1
 
     def _post_signed(self, url: str, params: dict[str, str]) -> httpx.Response | None:
+        self.flush()  # a status update finds its message
         headers = {"X-Twilio-Signature": signature(url, params, self.auth_token)}
         try:
             response = self.http.post(url, data=params, headers=headers)
@@ -242,20 +246,31 @@ class TwilioSandbox:
         return {"sid": sid, "status": response.status_code, "replies": replies}
 
     def _keep(self, sid: str, direction: str, sender: str, to: str, body: str, status: str) -> None:
-        with self.engine.begin() as c:
-            c.execute(
-                twilio_messages.insert().values(
-                    sid=sid,
-                    direction=direction,
-                    from_=sender,
-                    to=to,
-                    body=body,
-                    status=status,
-                    created_at=datetime.now(UTC).isoformat(),
-                )
-            )
+        row = {
+            "sid": sid,
+            "direction": direction,
+            "from_": sender,
+            "to": to,
+            "body": body,
+            "status": status,
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+        with self._lock:
+            self._pending.append(row)
+            full = len(self._pending) >= self.batch
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the messages kept in memory (with ``batch`` above 1)."""
+        with self._lock:
+            rows, self._pending = self._pending, []
+        if rows:
+            with self.engine.begin() as c:
+                c.execute(twilio_messages.insert(), rows)
 
     def messages(self) -> list[dict[str, Any]]:
+        self.flush()
         with self.engine.connect() as c:
             rows = c.execute(sa.select(twilio_messages).order_by(twilio_messages.c.created_at))
             return [dict(r._mapping) for r in rows]
