@@ -75,6 +75,8 @@ def test_demo_json_summary_and_same_seed_same_summary(workdir: Path) -> None:
     ):
         assert key in first
     assert set(first["deferred"]) == {"quiet_hours", "fatigue_cap"}
+    assert first["sms_segments"] >= first["messages_sent"]["sms"] > 0
+    assert first["sms_cost"] == pytest.approx(first["sms_segments"] * 0.0083)
     assert first["deferred"]["quiet_hours"] > 0  # simulated customers live in many zones
     assert first["cases"] == sum(first["terminal_states"].values()) and first["live_cases"] == 0
     assert first["duplicate_writebacks"] == 0

@@ -62,6 +62,14 @@ def world(database_url: str, tmp_path: Path) -> Iterator[tuple[App, TwilioSandbo
                 "account_id": "A2",
                 "contacts": [{"channel": "sms", "address": "+12125550110", "consent": True}],
             },
+            {
+                **sms_only,
+                "account_id": "A3",
+                "contacts": [
+                    {"channel": "sms", "address": "+12125550104", "consent": True},
+                    {"channel": "email", "address": "a3@example.com", "consent": True},
+                ],
+            },
         ]
     )
     sandbox = TwilioSandbox(
@@ -117,6 +125,23 @@ def test_undelivered_sms_falls_back_through_the_case(
     assert failed and failed[-1]["reason"] == "unreachable: undelivered (error 30003)"
     with app.store.read() as tx:
         assert tx.delivery_counts() == {"undelivered": 1}
+
+
+def test_an_opt_out_twilio_knows_of_is_recorded_and_stops_that_number(
+    world: tuple[App, TwilioSandbox, str],
+) -> None:
+    app, sandbox, _ = world
+    (result,) = app.runtime.intake([trigger("t4", account="A3")])
+    assert result.case_id is not None
+    app.work()  # the email
+    app.clock.advance(timedelta(hours=24))  # type: ignore[attr-defined]
+    app.work()  # the SMS: Twilio answers 21610
+    failed = [h for h in history(app, result.case_id) if h["kind"] == "message_failed"]
+    assert failed and str(failed[0]["reason"]).startswith("opted_out: 400 21610")
+    with app.store.read() as tx:
+        (record,) = [r for r in tx.consents_for([("sms", "+12125550104")]) if not r.granted]
+    assert (record.actor, record.method) == ("provider", "provider refused: " + failed[0]["reason"])
+    assert [m for m in sandbox.messages() if m["direction"] == "outbound-api"] == []
 
 
 def test_stop_help_and_start_from_the_customer(world: tuple[App, TwilioSandbox, str]) -> None:

@@ -299,3 +299,31 @@ def test_bad_windows_and_caps_are_refused() -> None:
         Cap(scope="case", max=0)
     with pytest.raises(ValueError, match="needs a window"):
         Cap(scope="customer", max=3)
+
+
+def test_a_workflow_and_jurisdiction_set_the_window(compiled: object) -> None:
+    from closeloop.engine import rules_for
+    from closeloop.spec import CompiledSpec
+    from closeloop.testing import account, case_for
+
+    assert isinstance(compiled, CompiledSpec)
+    data = {
+        "account_id": "A1",
+        "amount_due": "10.00",
+        "decline_code": "51",
+        "due_date": "2026-03-01",
+    }
+    in_ny = case_for(compiled, data, account("A1"), now=T0)
+    in_ma = in_ny.evolve(account={**in_ny.account, "state": "MA"})
+    assert rules_for(compiled, in_ny).window == ContactWindow(start=time(8), end=time(21))
+    assert rules_for(compiled, in_ma).window == ContactWindow(start=time(8), end=time(20))
+    assert [c.max for c in rules_for(compiled, in_ma).caps] == [3, 4]
+    at_2030 = datetime(2026, 3, 3, 0, 30, tzinfo=UTC)  # 19:30 in Boston and New York
+    assert next_allowed(at_2030, ("America/New_York",), rules_for(compiled, in_ma).window) == (
+        at_2030
+    )
+    late = datetime(2026, 3, 3, 1, 30, tzinfo=UTC)  # 20:30: allowed in New York, not MA
+    assert next_allowed(late, ("America/New_York",), rules_for(compiled, in_ny).window) == late
+    assert next_allowed(late, ("America/New_York",), rules_for(compiled, in_ma).window) == (
+        datetime(2026, 3, 3, 13, 0, tzinfo=UTC)
+    )
