@@ -168,3 +168,24 @@ def test_a_provider_rate_limit_paces_sends_without_failing_them(
         assert all(NOW < r.next_attempt_at <= NOW + timedelta(seconds=2) for r in rows)
     finally:
         app.close()
+
+
+def test_a_batch_sent_on_several_connections_is_recorded_once_each(
+    database_url: str, tmp_path: Path, clock: SimClock
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path, database_url=database_url, workflows=[EXAMPLE], send_concurrency=4
+    )
+    app = build(settings, clock=clock)
+    try:
+        app.ledger.add_accounts([{**ACCOUNT, "account_id": f"A{i}"} for i in range(9)])
+        app.runtime.intake([trigger(f"t{i}", account=f"A{i}") for i in range(9)])
+        assert app.dispatcher.send_messages(100) == 9
+        delivered = app.sink.delivered_after(0)
+        assert len(delivered) == 9 and all(m["attempts"] == 1 for m in delivered)
+        with app.store.read() as tx:
+            statuses = tx.outbox_counts()
+            logged = tx.c.execute(sa.select(sa.func.count()).select_from(contact_log)).scalar()
+        assert statuses == {("message", "done"): 9} and logged == 9
+    finally:
+        app.close()

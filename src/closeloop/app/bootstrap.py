@@ -55,6 +55,7 @@ class App:
                 total += self.dispatcher.run_writebacks(size)
 
     def close(self) -> None:
+        self.dispatcher.close()
         for channel in {id(c): c for c in self.channels.values()}.values():
             close = getattr(channel, "close", None)
             if close is not None:
@@ -167,6 +168,7 @@ def build(
             )
             if rate
         },
+        concurrency=settings.send_concurrency,
     )
     service = CustomerService(runtime, public_url=settings.public_url, link_lifetime=lifetime)
     inbound = Inbound(

@@ -10,6 +10,7 @@ and its idempotency key makes the second attempt harmless.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -79,6 +80,7 @@ class Dispatcher:
         link_lifetime: timedelta,
         sms_segment_cost: Decimal = Decimal("0"),
         pace: Mapping[str, Pace] | None = None,
+        concurrency: int = 1,
     ) -> None:
         self.runtime = runtime
         self.channels = channels
@@ -88,6 +90,8 @@ class Dispatcher:
         self.link_lifetime = link_lifetime
         self.sms_segment_cost = sms_segment_cost
         self.pace = dict(pace or {})
+        # Sends of one batch on this many connections at once (providers wait on the network).
+        self._pool = ThreadPoolExecutor(concurrency, "closeloop-send") if concurrency > 1 else None
 
     def release_leases(self) -> None:
         """Make leased rows due now: for a single process resuming after a crash."""
@@ -107,6 +111,7 @@ class Dispatcher:
             return 0
         results: list[tuple[OutboxItem, SendResult | Verdict]] = []
         paced: list[tuple[OutboxItem, float]] = []  # over the provider's rate: a moment later
+        outgoing: list[tuple[OutboxItem, Channel, OutgoingMessage]] = []
         for item in claimed:
             verdict = verdicts[item.id]
             if not verdict.sends:
@@ -127,7 +132,9 @@ class Dispatcher:
             if wait:
                 paced.append((item, wait))
                 continue
-            results.append((item, channel.send(message)))
+            outgoing.append((item, channel, message))
+        for (item, _, _), sent in zip(outgoing, self._send_all(outgoing), strict=True):
+            results.append((item, sent))
         now = self.runtime.clock.now()
         with self.runtime.store.transaction() as tx:
             back = _FeedBack(self.runtime, tx, [i for i, _ in results], now)
@@ -238,6 +245,18 @@ class Dispatcher:
                 tx.record_consent(record)
             back.commit()
         return len(claimed)
+
+    def _send_all(
+        self, outgoing: list[tuple[OutboxItem, Channel, OutgoingMessage]]
+    ) -> list[SendResult]:
+        """Hand every message to its provider, on several connections when configured."""
+        if self._pool is None or len(outgoing) < 2:
+            return [channel.send(message) for _, channel, message in outgoing]
+        return list(self._pool.map(lambda job: job[1].send(job[2]), outgoing))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def _gate(
         self, tx: Tx, claimed: list[OutboxItem], cases: dict[str, Case], now: datetime

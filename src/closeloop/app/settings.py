@@ -61,6 +61,9 @@ class Settings(BaseSettings):
         default=None, description="your messaging gateway: the signed webhook channel posts here"
     )
     webhook_secret: SecretStr | None = None
+    send_concurrency: int = Field(
+        default=1, ge=1, le=64, description="messages of a batch handed to providers at once"
+    )
     sms_per_second: float | None = Field(
         default=None, gt=0, description="the SMS sender's rate limit at the provider"
     )

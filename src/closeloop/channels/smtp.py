@@ -39,7 +39,12 @@ _SETUP_CODES = frozenset({530, 534, 535, 538})
 
 
 class SmtpChannel:
-    """Sends email through an SMTP server (one reused session)."""
+    """Sends email through an SMTP server, reusing its sessions.
+
+    Sends from several threads at once each take an idle session (or open
+    one), so a dispatcher sending a batch concurrently keeps that many
+    sessions open, each carrying message after message.
+    """
 
     def __init__(
         self,
@@ -59,8 +64,9 @@ class SmtpChannel:
         self.timeout = timeout
         self.tls_context = tls_context or ssl.create_default_context()
         self.clock = clock
-        self._session: smtplib.SMTP | None = None
+        self._idle: list[smtplib.SMTP] = []
         self._lock = threading.Lock()
+        self.opened = 0  # sessions opened so far (reuse shows as few)
 
     def compose(self, message: OutgoingMessage) -> EmailMessage:
         email = EmailMessage()
@@ -77,61 +83,70 @@ class SmtpChannel:
 
     def send(self, message: OutgoingMessage) -> SendResult:
         email = self.compose(message)
+        for _ in range(2):  # a session the server dropped is reopened once
+            session = None
+            try:
+                session = self._take()
+                session.send_message(email)
+                self._give(session)
+                return SendResult(status="sent", provider_id=email["Message-ID"])
+            except smtplib.SMTPRecipientsRefused as exc:
+                if session is not None:
+                    self._give(session)  # the session is fine; the mailbox is not
+                code, text = next(iter(exc.recipients.values()))
+                reason = f"{code} {_text(text)}"
+                if 500 <= code < 600:
+                    return SendResult(status="failed", reason=f"unreachable address: {reason}")
+                return SendResult(status="retry", reason=f"temporary: {reason}")
+            except smtplib.SMTPServerDisconnected:
+                _close(session)
+            except smtplib.SMTPResponseException as exc:
+                _close(session)
+                reason = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+                if exc.smtp_code in _SETUP_CODES:  # our configuration, not the message
+                    return SendResult(status="retry", reason=f"SMTP setup: {reason}")
+                if 500 <= exc.smtp_code < 600:
+                    return SendResult(status="failed", reason=reason)
+                return SendResult(status="retry", reason=f"temporary: {reason}")
+            except (OSError, smtplib.SMTPException) as exc:
+                _close(session)
+                return SendResult(status="retry", reason=f"temporary: {exc}")
+        return SendResult(status="retry", reason="temporary: the server closed the session")
+
+    def _take(self) -> smtplib.SMTP:
         with self._lock:
-            for _ in range(2):  # a session the server dropped is reopened once
-                try:
-                    self._open().send_message(email)
-                    return SendResult(status="sent", provider_id=email["Message-ID"])
-                except smtplib.SMTPRecipientsRefused as exc:
-                    code, text = next(iter(exc.recipients.values()))
-                    reason = f"{code} {_text(text)}"
-                    if 500 <= code < 600:
-                        return SendResult(status="failed", reason=f"unreachable address: {reason}")
-                    return SendResult(status="retry", reason=f"temporary: {reason}")
-                except smtplib.SMTPServerDisconnected:
-                    self._drop()
-                except smtplib.SMTPResponseException as exc:
-                    self._drop()
-                    reason = f"{exc.smtp_code} {_text(exc.smtp_error)}"
-                    if exc.smtp_code in _SETUP_CODES:  # our configuration, not the message
-                        return SendResult(status="retry", reason=f"SMTP setup: {reason}")
-                    if 500 <= exc.smtp_code < 600:
-                        return SendResult(status="failed", reason=reason)
-                    return SendResult(status="retry", reason=f"temporary: {reason}")
-                except (OSError, smtplib.SMTPException) as exc:
-                    self._drop()
-                    return SendResult(status="retry", reason=f"temporary: {exc}")
-            return SendResult(status="retry", reason="temporary: the server closed the session")
-
-    def _open(self) -> smtplib.SMTP:
-        if self._session is None:
-            session = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-            try:
+            if self._idle:
+                return self._idle.pop()
+            self.opened += 1
+        session = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        try:
+            session.ehlo()
+            if self.starttls:
+                session.starttls(context=self.tls_context)
                 session.ehlo()
-                if self.starttls:
-                    session.starttls(context=self.tls_context)
-                    session.ehlo()
-                if self.username:
-                    session.login(self.username, self.password or "")
-            except BaseException:
-                session.close()
-                raise
-            self._session = session
-        return self._session
+            if self.username:
+                session.login(self.username, self.password or "")
+        except BaseException:
+            session.close()
+            raise
+        return session
 
-    def _drop(self) -> None:
-        if self._session is not None:
-            try:
-                self._session.close()
-            finally:
-                self._session = None
+    def _give(self, session: smtplib.SMTP) -> None:
+        with self._lock:
+            self._idle.append(session)
 
     def close(self) -> None:
         with self._lock:
-            if self._session is not None:
-                with contextlib.suppress(OSError, smtplib.SMTPException):
-                    self._session.quit()
-                self._session = None
+            idle, self._idle = self._idle, []
+        for session in idle:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                session.quit()
+
+
+def _close(session: smtplib.SMTP | None) -> None:
+    if session is not None:
+        with contextlib.suppress(OSError, smtplib.SMTPException):
+            session.close()
 
 
 # -- the local sink -------------------------------------------------------------
