@@ -7,6 +7,7 @@ input, 1 for a failure.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
@@ -375,10 +376,9 @@ def sandbox_smtp(
     sink = SmtpSink(engine, host=host, port=port, tls_context=context).start()
     err.print(f"SMTP sink on {host}:{port}, keeping mail in {settings.resolved_world_url()}")
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
     finally:
         sink.stop()
         engine.dispose()

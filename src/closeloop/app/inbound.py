@@ -105,7 +105,10 @@ class Inbound:
             kind = classify(code)
             payload = item.payload
             if kind == "opted_out":
-                self._consent(tx, payload["channel"], payload["address"], False, "carrier")
+                method = f"provider reported opt-out ({error_code})"
+                self._consent(
+                    tx, payload["channel"], payload["address"], False, method, actor="carrier"
+                )
             event = MessageFailed(
                 message_id=item.idempotency_key,
                 channel=payload["channel"],
@@ -146,15 +149,23 @@ class Inbound:
                 return twiml(self.program.help_text())
         return twiml()
 
-    def _consent(self, tx: Any, channel: str, address: str, granted: bool, method: str) -> None:
+    def _consent(
+        self,
+        tx: Any,
+        channel: str,
+        address: str,
+        granted: bool,
+        method: str,
+        actor: str = "customer",
+    ) -> None:
         tx.record_consent(
             ConsentRecord(
                 channel=channel,
                 address=address,
                 granted=granted,
                 at=self.runtime.clock.now(),
-                actor="customer" if method != "carrier" else "carrier",
-                method=method if method != "carrier" else "provider reported opt-out (21610)",
+                actor=actor,
+                method=method,
                 source="twilio",
             )
         )

@@ -222,7 +222,7 @@ class SmtpSink:
         self._handler = _Handler(engine, lambda a: a.endswith(".invalid"), batch)
         self.engine = engine
         self.host = host
-        self.port = port or _free_port(host)
+        self.port = port or free_port(host)
         options: dict[str, Any] = {}
         if tls_context is not None:
             options.update(tls_context=tls_context, require_starttls=require_starttls)
@@ -275,7 +275,8 @@ def _text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A loopback port nobody listens on now."""
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])

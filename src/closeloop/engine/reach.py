@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from closeloop.contact import Cap, ContactRules, ContactWindow, zones_for
+from closeloop.contact.policy import PHONE_CHANNELS
 from closeloop.engine.case import Case
 from closeloop.spec.loader import CompiledSpec
-
-PHONE_CHANNELS = ("sms", "whatsapp")
 
 
 def region_of(case: Case) -> str | None:

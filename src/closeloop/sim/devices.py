@@ -21,7 +21,7 @@ import sqlalchemy as sa
 import uvicorn
 
 from closeloop.channels import Channel, OutgoingMessage, SendResult, SinkChannel
-from closeloop.channels.smtp import SmtpSink
+from closeloop.channels.smtp import SmtpSink, free_port
 from closeloop.channels.twilio_sandbox import TwilioSandbox
 
 SANDBOX_SID, SANDBOX_TOKEN, SANDBOX_NUMBER = "AC" + "0" * 32, "sandbox-auth-token", "+15005550006"
@@ -68,7 +68,7 @@ def sandboxes(folder: Path) -> Iterator[Sandboxes]:
         rate_per_second=1_000_000,
         batch=500,
     )
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(twilio.app, host="127.0.0.1", port=port, log_level="warning")
     )
@@ -98,11 +98,3 @@ def sandboxes(folder: Path) -> Iterator[Sandboxes]:
         smtp.stop()
         twilio.flush()
         engine.dispose()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -32,6 +32,7 @@ from closeloop.store import database
 from closeloop.store import queries as q
 from closeloop.store.driver import Dialect, dumps
 from closeloop.store.tables import (
+    UTCDateTime,
     backend_events,
     case_events,
     cases,
@@ -652,15 +653,14 @@ class Tx:
             sa.select(
                 inbound_messages.c.channel,
                 inbound_messages.c.address,
-                sa.func.max(inbound_messages.c.received_at),
+                sa.func.max(inbound_messages.c.received_at, type_=UTCDateTime),
             )
             .where(sa.tuple_(inbound_messages.c.channel, inbound_messages.c.address).in_(pairs))
             .group_by(inbound_messages.c.channel, inbound_messages.c.address)
         )
         found: dict[tuple[str, str], datetime] = {}
         for channel, address, at in self.c.execute(stmt):
-            value = at if isinstance(at, datetime) else datetime.fromisoformat(str(at))
-            found[(channel, address)] = value if value.tzinfo else value.replace(tzinfo=UTC)
+            found[(channel, address)] = at
         return found
 
     def reject_webhook(self, path: str, remote: str, reason: str, now: datetime) -> None:
