@@ -68,6 +68,9 @@ def run_closeloop(n: int, folder: Path) -> float:
     started = time.perf_counter()
     case_ids = []
     for first in range(0, n, BATCH):
+        # Triggers arrive over time: the clock moves with real time during
+        # intake, as it does in production (case ids are time-ordered).
+        clock.set(START + timedelta(seconds=time.perf_counter() - started))
         batch = [
             TriggerIn(
                 id=f"t{i}",
@@ -85,8 +88,8 @@ def run_closeloop(n: int, folder: Path) -> float:
             )
     while dispatcher.run_writebacks(BATCH):  # claimed, carried out, confirmed in batches
         pass
-    for hours in (24, 72):
-        clock.set(START + timedelta(hours=hours))
+    for hours in (24, 72):  # a minute past each wait, for triggers taken in at START + seconds
+        clock.set(START + timedelta(hours=hours, minutes=1))
         while runtime.run_due_timers(BATCH):
             pass
     elapsed = time.perf_counter() - started

@@ -15,7 +15,7 @@ from typing import Any
 from closeloop.channels import OutgoingMessage, SendResult
 from closeloop.connectors import Account, WritebackResult
 from closeloop.engine import Case, Contact, Status
-from closeloop.ids import derived_id
+from closeloop.ids import case_id, short_digest
 from closeloop.spec import CompiledSpec
 from closeloop.spec.trigger import parse_trigger_data
 
@@ -39,7 +39,7 @@ class InMemoryConnector:
             return WritebackResult(ok=False, retryable=True, error="503 service unavailable")
         if idempotency_key not in self.effects:
             self.effects[idempotency_key] = (operation, dict(data))
-        return WritebackResult(ok=True, reference=f"ref_{idempotency_key[:8]}")
+        return WritebackResult(ok=True, reference=f"ref_{short_digest(idempotency_key, 8)}")
 
 
 @dataclass
@@ -94,7 +94,7 @@ def case_for(
 ) -> Case:
     """A case as trigger intake builds it, before the Opened event."""
     return Case(
-        id=derived_id("case", trigger_id),
+        id=case_id(trigger_id, now),
         workflow=compiled.key,
         trigger_id=trigger_id,
         account_id=acct.account_id,

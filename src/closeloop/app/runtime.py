@@ -27,7 +27,7 @@ from closeloop.engine import (
     step,
 )
 from closeloop.errors import NotFound, TriggerError
-from closeloop.ids import derived_id
+from closeloop.ids import case_id
 from closeloop.spec import CompiledSpec, load_spec
 from closeloop.spec.trigger import parse_trigger_data
 from closeloop.store import Applied, Store, Tx
@@ -199,7 +199,7 @@ class Runtime:
             facts["first_name"] = account.first_name
             facts["locale"] = account.locale
         case = Case(
-            id=derived_id("case", trigger.id),
+            id=case_id(trigger.id, now),
             workflow=compiled.key,
             trigger_id=trigger.id,
             account_id=account_id,

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from closeloop.channels.port import OutgoingMessage, SendResult
+from closeloop.ids import short_digest
 
 metadata = sa.MetaData()
 sink_messages = sa.Table(
@@ -73,7 +74,7 @@ class SinkChannel:
                         "delivered_at": self.clock().isoformat(),
                     },
                 )
-        return SendResult(status="sent", provider_id=message.idempotency_key[:16])
+        return SendResult(status="sent", provider_id=short_digest(message.idempotency_key, 16))
 
     def delivered_after(self, seq: int, limit: int = 10_000) -> list[dict[str, Any]]:
         stmt = (

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from closeloop.connectors.port import Account, WritebackResult
-from closeloop.ids import rng_for
+from closeloop.ids import rng_for, short_digest
 
 metadata = sa.MetaData()
 sor_accounts = sa.Table(
@@ -114,7 +114,7 @@ class LedgerCore:
                 return WritebackResult(ok=False, error=f"422 unknown account {account_id}")
             if "closed" in exists[0].get("facts", {}).get("flags", []):
                 return WritebackResult(ok=False, error="422 account is closed")
-            reference = f"{operation[:3]}_{idempotency_key[:12]}"
+            reference = f"{operation[:3]}_{short_digest(idempotency_key)}"
             c.execute(
                 _record_effect,
                 {

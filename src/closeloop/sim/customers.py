@@ -12,7 +12,7 @@ from typing import Any
 from closeloop.app import CustomerService
 from closeloop.app.links import token_from_url
 from closeloop.errors import InputError, StateError
-from closeloop.ids import rng_for
+from closeloop.ids import rng_for, short_digest
 from closeloop.sim.portfolio import customer
 
 GRID = timedelta(minutes=15)
@@ -95,7 +95,7 @@ def run_session(
             service.submit(
                 visit.case_id,
                 "update_card",
-                {"token_ref": f"tok_{key[:10]}"},
+                {"token_ref": f"tok_{short_digest(key, 10)}"},
                 key=f"sim:{key}:submit",
             )
             return "card_updated"
