@@ -93,6 +93,23 @@ class Case:
         copy.__dict__.update(changes)
         return copy
 
+    def thawed(self) -> Case:
+        """A private copy for one owner to `amend` in place (the engine's draft of a step).
+
+        Until the owner hands it on, no one else holds it; after that it is
+        as frozen as any case.
+        """
+        copy = object.__new__(Case)
+        copy.__dict__.update(self.__dict__)
+        return copy
+
+    def amend(self, **changes: Any) -> None:
+        """Apply `changes` in place: only on a copy from `thawed` that is not yet handed on."""
+        unknown = changes.keys() - _CASE_FIELDS
+        if unknown:
+            raise TypeError(f"Case has no field(s) {', '.join(sorted(unknown))}")
+        self.__dict__.update(changes)
+
     @classmethod
     def restore(cls, state: Mapping[str, Any], **columns: Any) -> Case:
         """A stored case, from its state and columns; missing fields take their defaults.

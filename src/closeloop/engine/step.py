@@ -52,30 +52,29 @@ _ACTIVE = frozenset({Status.OUTREACH, Status.ENGAGED})
 
 
 class _Draft:
-    """Accumulates one decision: state changes, history, intents, timers."""
+    """Accumulates one decision: state changes, history, intents, timers.
+
+    `case` is the case with every change so far: the input case until the
+    first change, then a private copy changed in place (one copy per step,
+    however many changes), which becomes the decision's case.
+    """
 
     def __init__(self, case: Case, now: datetime) -> None:
-        self._case = case
-        self._changes: dict[str, Any] = {}
+        self.original = case
+        self.case = case
         self.now = now
         self.history: list[Entry] = []
         self.intents: list[Intent] = []
         self.timers: list[SetTimer] = []
         self.cancel = False
 
-    @property
-    def case(self) -> Case:
-        """The case with every change so far (changes are applied when it is read)."""
-        if self._changes:
-            self._case = self._case.evolve(**self._changes)
-            self._changes = {}
-        return self._case
-
     def record(self, kind: str, actor: str, reason: str = "", **data: Any) -> None:
         self.history.append(Entry(kind=kind, actor=actor, at=self.now, reason=reason, data=data))
 
     def change(self, **changes: Any) -> None:
-        self._changes.update(changes)
+        if self.case is self.original:
+            self.case = self.original.thawed()
+        self.case.amend(**changes)
 
     def close(self, status: Status, actor: str, reason: str, **data: Any) -> None:
         self.change(status=status, closed_at=self.now, reason=reason)
@@ -85,10 +84,9 @@ class _Draft:
 
     def decision(self) -> Decision:
         if self.history:
-            self.change(seq=self._case.seq + len(self.history), updated_at=self.now)
-        case = self.case
+            self.change(seq=self.original.seq + len(self.history), updated_at=self.now)
         return Decision(
-            case=case,
+            case=self.case,
             history=tuple(self.history),
             intents=tuple(self.intents),
             timers=tuple(self.timers),
