@@ -217,6 +217,6 @@ def test_demo_over_the_sandbox_providers_matches_the_sink(workdir: Path) -> None
     for summary in (sink, real):
         summary.pop("database"), summary.pop("providers")
     assert real == sink
-    with sqlite3.connect(workdir / "real" / "sandboxes" / "sandboxes.db") as db:
+    with sqlite3.connect(workdir / "real" / "sandboxes" / "smtp.db") as db:
         raw = db.execute("SELECT raw FROM smtp_received LIMIT 1").fetchone()[0]
     assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in raw

@@ -64,6 +64,29 @@ def test_messages_arrive_with_one_click_unsubscribe_on_one_session(sink: SmtpSin
     assert body is not None and "https://closeloop.example/m/tok0" in body.get_content()
 
 
+def test_spanish_text_arrives_intact_and_long_lines_are_wrapped(sink: SmtpSink) -> None:
+    channel = SmtpChannel(host=sink.host, port=sink.port, sender="Tarjeta Ñandú <cobros@acme.test>")
+    link = "https://closeloop.example/m/" + "t" * 1200  # longer than SMTP allows on one line
+    spanish = OutgoingMessage(
+        **{
+            **message(7).__dict__,
+            "subject": "¿Actualizó su tarjeta? Pago pendiente",
+            "body": f"Hola Ana,\nsu pago no se procesó. Páguelo aquí: {link}\n",
+        }
+    )
+    assert channel.send(spanish).status == "sent"
+    assert channel.send(OutgoingMessage(**{**message(8).__dict__, "body": link})).status == "sent"
+    channel.close()
+    first, second = (parsed(r["raw"]) for r in sink.received())
+    assert max(len(line) for line in sink.received()[0]["raw"].splitlines()) <= 998
+    assert first["Subject"] == "¿Actualizó su tarjeta? Pago pendiente"
+    assert first["From"].addresses[0].display_name == "Tarjeta Ñandú"
+    body = first.get_body(preferencelist=("plain",))
+    assert body is not None and "su pago no se procesó" in body.get_content()
+    assert link in body.get_content()
+    assert second.get_content().strip() == link
+
+
 def test_a_refused_mailbox_is_permanent_and_a_dead_server_is_temporary(sink: SmtpSink) -> None:
     channel = SmtpChannel(host=sink.host, port=sink.port, sender="billing@acme.test")
     refused = channel.send(message(1, address="nobody@example.invalid"))

@@ -22,7 +22,7 @@ from closeloop.app import links
 from closeloop.app.compose import approved_variables, compose
 from closeloop.app.pacing import Pace
 from closeloop.app.runtime import Runtime
-from closeloop.channels import Channel, OutgoingMessage, SendResult
+from closeloop.channels import Channel, OutgoingMessage, SendResult, settle
 from closeloop.channels.sms import measure
 from closeloop.connectors import Connector, WritebackResult
 from closeloop.contact import (
@@ -241,8 +241,7 @@ class Dispatcher:
                 back.apply(item, event)
             tx.log_sent(sent_rows)
             tx.track_deliveries(tracked, now)
-            for record in opted_out:
-                tx.record_consent(record)
+            tx.record_consents(opted_out)
             back.commit()
         return len(claimed)
 
@@ -251,8 +250,11 @@ class Dispatcher:
     ) -> list[SendResult]:
         """Hand every message to its provider, on several connections when configured."""
         if self._pool is None or len(outgoing) < 2:
-            return [channel.send(message) for _, channel, message in outgoing]
-        return list(self._pool.map(lambda job: job[1].send(job[2]), outgoing))
+            results = [channel.send(message) for _, channel, message in outgoing]
+        else:
+            results = list(self._pool.map(lambda job: job[1].send(job[2]), outgoing))
+        settle(channel for _, channel, _ in outgoing)
+        return results
 
     def close(self) -> None:
         if self._pool is not None:
@@ -355,8 +357,7 @@ class Dispatcher:
                     source="system of record",
                     account_id=case.account_id,
                 )
-        for record in added.values():
-            tx.record_consent(record)
+        tx.record_consents(list(added.values()))
         return list(added.values())
 
     def _rules(self, case: Case, tx: Tx) -> ContactRules:

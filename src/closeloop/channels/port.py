@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -37,3 +37,19 @@ class Channel(Protocol):
     def send(self, message: OutgoingMessage) -> SendResult:
         """Hand the message to the provider; never raises for provider refusals."""
         ...
+
+
+def settle(channels: Iterable[object]) -> None:
+    """Let channels that hold accepted messages to write them together do so now.
+
+    A channel may keep what it accepted during a batch and write it at once
+    (one transaction, one bulk call) in a ``settle()`` method. The dispatcher
+    calls this after a batch's sends and before it records any result, so a
+    message is never recorded as sent while it is still only in memory.
+    """
+    seen: set[int] = set()
+    for channel in channels:
+        hook = getattr(channel, "settle", None)
+        if hook is not None and id(channel) not in seen:
+            seen.add(id(channel))
+            hook()

@@ -9,11 +9,12 @@ keyed by idempotency key, so the same seed still gives the same run.
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +22,37 @@ import sqlalchemy as sa
 import uvicorn
 
 from closeloop.channels import Channel, OutgoingMessage, SendResult, SinkChannel
-from closeloop.channels.smtp import SmtpSink, free_port
-from closeloop.channels.twilio_sandbox import TwilioSandbox
+from closeloop.channels.smtp import SmtpSink, free_port, smtp_received
+from closeloop.channels.twilio_sandbox import TwilioSandbox, twilio_messages
+from closeloop.errors import OperationalError
 
 SANDBOX_SID, SANDBOX_TOKEN, SANDBOX_NUMBER = "AC" + "0" * 32, "sandbox-auth-token", "+15005550006"
 
 
-@dataclass
 class Device:
-    """A provider channel whose accepted messages reach the customer's device (the sink)."""
+    """A provider channel whose accepted messages reach the customer's device (the sink).
 
-    provider: Channel
-    device: SinkChannel
+    What the provider accepted during a batch reaches the device when the
+    dispatcher settles the batch, in one write.
+    """
+
+    def __init__(self, provider: Channel, device: SinkChannel) -> None:
+        self.provider = provider
+        self.device = device
+        self._accepted: list[OutgoingMessage] = []
+        self._lock = threading.Lock()
 
     def send(self, message: OutgoingMessage) -> SendResult:
         result = self.provider.send(message)
         if result.status == "sent":
-            self.device.send(message)
+            with self._lock:
+                self._accepted.append(message)
         return result
+
+    def settle(self) -> None:
+        with self._lock:
+            accepted, self._accepted = self._accepted, []
+        self.device.deliver(accepted)
 
     def close(self) -> None:
         close = getattr(self.provider, "close", None)
@@ -46,55 +60,117 @@ class Device:
             close()
 
 
-@dataclass(frozen=True)
+@dataclass
 class Sandboxes:
     """Where the running sandboxes listen, as settings for the app."""
 
     settings: dict[str, Any]
-    smtp: SmtpSink
-    twilio: TwilioSandbox
+    folder: Path
+    received: dict[str, int] = field(default_factory=dict)  # filled in when they stop
+
+    def count(self) -> dict[str, int]:
+        """Messages each sandbox accepted (read from their databases once they stopped)."""
+        smtp = sa.create_engine(f"sqlite:///{self.folder / 'smtp.db'}")
+        twilio = sa.create_engine(f"sqlite:///{self.folder / 'twilio.db'}")
+        try:
+            with smtp.connect() as c:
+                emails = c.execute(
+                    sa.select(sa.func.count()).select_from(smtp_received)
+                ).scalar_one()
+            with twilio.connect() as c:
+                texts = c.execute(
+                    sa.select(sa.func.count())
+                    .select_from(twilio_messages)
+                    .where(twilio_messages.c.direction == "outbound-api")
+                ).scalar_one()
+        finally:
+            smtp.dispose()
+            twilio.dispose()
+        return {"smtp": emails, "twilio": texts}
 
 
 @contextmanager
 def sandboxes(folder: Path) -> Iterator[Sandboxes]:
-    """Run the SMTP and Twilio sandboxes on free loopback ports for one demo."""
+    """Run the SMTP and Twilio sandboxes on free loopback ports for one demo.
+
+    Each runs in a process of its own, so the providers' work happens on the
+    other core while the simulation and the dispatcher run here, and nothing
+    waits on this process's GIL to answer a send.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(f"sqlite:///{folder / 'sandboxes.db'}")
-    smtp = SmtpSink(engine, batch=500).start()
-    twilio = TwilioSandbox(
-        engine,
-        account_sid=SANDBOX_SID,
-        auth_token=SANDBOX_TOKEN,
-        rate_per_second=1_000_000,
-        batch=500,
-    )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(twilio.app, host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield Sandboxes(
-            settings={
-                "smtp_host": smtp.host,
-                "smtp_port": smtp.port,
-                "smtp_starttls": False,
-                "email_sender": "Acme Card <billing@acme.test>",
-                "twilio_base_url": f"http://127.0.0.1:{port}",
-                "twilio_account_sid": SANDBOX_SID,
-                "twilio_auth_token": SANDBOX_TOKEN,
-                "twilio_sms_from": SANDBOX_NUMBER,
-                "twilio_whatsapp_from": SANDBOX_NUMBER,
-            },
-            smtp=smtp,
-            twilio=twilio,
+    for name in ("smtp.db", "twilio.db"):
+        for suffix in ("", "-wal", "-shm"):
+            (folder / f"{name}{suffix}").unlink(missing_ok=True)
+    context = multiprocessing.get_context("spawn")  # threads run here: never fork
+    stop = context.Event()
+    ports = {"smtp": free_port(), "twilio": free_port()}
+    processes = []
+    for kind, port in ports.items():
+        ready = context.Event()
+        process = context.Process(
+            target=_serve, args=(kind, str(folder), port, ready, stop), daemon=True
         )
+        process.start()
+        processes.append((kind, process, ready))
+    running = Sandboxes(
+        settings={
+            "smtp_host": "127.0.0.1",
+            "smtp_port": ports["smtp"],
+            "smtp_starttls": False,
+            "email_sender": "Acme Card <billing@acme.test>",
+            "twilio_base_url": f"http://127.0.0.1:{ports['twilio']}",
+            "twilio_account_sid": SANDBOX_SID,
+            "twilio_auth_token": SANDBOX_TOKEN,
+            "twilio_sms_from": SANDBOX_NUMBER,
+            "twilio_whatsapp_from": SANDBOX_NUMBER,
+        },
+        folder=folder,
+    )
+    try:
+        for kind, process, ready in processes:
+            while not ready.wait(0.1):
+                if not process.is_alive():
+                    raise OperationalError(
+                        f"the {kind} sandbox did not start (exit code {process.exitcode})"
+                    )
+        yield running
     finally:
+        stop.set()
+        for _, process, _ in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    running.received = running.count()
+
+
+def _serve(kind: str, folder: str, port: int, ready: Any, stop: Any) -> None:
+    """A sandbox's process: serve until `stop` is set, then write what it kept."""
+    engine = sa.create_engine(f"sqlite:///{Path(folder) / f'{kind}.db'}")
+    try:
+        if kind == "smtp":
+            sink = SmtpSink(engine, port=port, batch=500).start()
+            ready.set()
+            stop.wait()
+            sink.stop()
+            return
+        twilio = TwilioSandbox(
+            engine,
+            account_sid=SANDBOX_SID,
+            auth_token=SANDBOX_TOKEN,
+            rate_per_second=1_000_000,
+            batch=500,
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(twilio.app, host="127.0.0.1", port=port, log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.02)
+        ready.set()
+        stop.wait()
         server.should_exit = True
         thread.join(timeout=10)
-        smtp.stop()
         twilio.flush()
+    finally:
         engine.dispose()

@@ -459,19 +459,28 @@ class Tx:
 
     def record_consent(self, record: ConsentRecord) -> None:
         """Append to the consent ledger (it is never updated in place)."""
-        self.c.execute(
-            consents.insert().values(
-                channel=record.channel,
-                address=record.address,
-                granted=record.granted,
-                at=record.at,
-                actor=record.actor,
-                method=record.method,
-                source=record.source,
-                notice_version=record.notice_version,
-                account_id=record.account_id,
+        self.record_consents([record])
+
+    def record_consents(self, records: Sequence[ConsentRecord]) -> None:
+        """Append many records to the consent ledger in one statement."""
+        if records:
+            self.c.execute(
+                consents.insert(),
+                [
+                    {
+                        "channel": r.channel,
+                        "address": r.address,
+                        "granted": r.granted,
+                        "at": r.at,
+                        "actor": r.actor,
+                        "method": r.method,
+                        "source": r.source,
+                        "notice_version": r.notice_version,
+                        "account_id": r.account_id,
+                    }
+                    for r in records
+                ],
             )
-        )
 
     def sent_since(self, account_ids: Iterable[str], since: datetime) -> dict[str, list[Sent]]:
         """Messages sent to these accounts after `since`, from every workflow."""
