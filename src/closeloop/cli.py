@@ -456,10 +456,10 @@ def demo(
     providers: Annotated[
         str,
         typer.Option(
-            help="sink: messages go to the local sink; sandbox: over real SMTP and HTTP to "
-            "closeloop's SMTP and Twilio sandboxes on loopback"
+            help="sandbox: over real SMTP and HTTP to closeloop's SMTP and Twilio sandboxes "
+            "on loopback, each in its own process; sink: straight into the local sink"
         ),
-    ] = "sink",
+    ] = "sandbox",
 ) -> None:
     """Simulate a portfolio through the example workflow and report outcome metrics."""
     from contextlib import ExitStack
@@ -486,8 +486,9 @@ def demo(
     extra: dict[str, Any] = {}
     running = None
     if providers == "sandbox":
-        running = stack.enter_context(sandboxes(out_dir / "sandboxes"))
-        extra = running.settings
+        running = stack.enter_context(sandboxes(out_dir / "sandboxes", fresh=not resume))
+        # Send a batch on several connections: the providers answer from other processes.
+        extra = {"send_concurrency": 8, **running.settings}
     settings = _settings(data_dir=out_dir, workflows=[EXAMPLE], cohort_percent=cohort, **extra)
     if not resume and settings.database_url:
         _reset_database(settings.database_url)

@@ -209,8 +209,8 @@ def test_template_preview_renders_a_step_for_a_case(workdir: Path) -> None:
 def test_demo_over_the_sandbox_providers_matches_the_sink(workdir: Path) -> None:
     """Real SMTP and HTTP on loopback carry the messages; the run is the same run."""
     args = ("--accounts", "120", "--days", "6", "--seed", "11")
-    sink = demo_json(*args, "--out", str(workdir / "sink"), cwd=workdir)
-    real = demo_json(*args, "--providers", "sandbox", "--out", str(workdir / "real"), cwd=workdir)
+    sink = demo_json(*args, "--providers", "sink", "--out", str(workdir / "sink"), cwd=workdir)
+    real = demo_json(*args, "--out", str(workdir / "real"), cwd=workdir)  # sandboxes: the default
     sent = real.pop("provider_messages")
     assert sent["smtp"] == real["messages_sent"]["email"] > 0
     assert sent["twilio"] == real["messages_sent"]["sms"] + real["messages_sent"]["whatsapp"] > 0

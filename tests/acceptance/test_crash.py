@@ -107,7 +107,12 @@ def test_sigkill_then_resume_matches_an_unbroken_run(
     resumed = demo_json(*ARGS, "--out", str(out), "--resume", cwd=workdir)
     invariants(out)
     resumed.pop("database")
-    assert resumed == unbroken
+    # A message handed to a provider just before the kill, and not yet recorded,
+    # goes again after the resume: providers see each message at least once.
+    providers, expected = resumed.pop("provider_messages"), dict(unbroken)
+    once = expected.pop("provider_messages")
+    assert providers["smtp"] >= once["smtp"] and providers["twilio"] >= once["twilio"]
+    assert resumed == expected
 
 
 def test_resume_with_other_options_is_refused(workdir: Path) -> None:

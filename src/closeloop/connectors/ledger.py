@@ -66,6 +66,9 @@ class LedgerCore:
         self.seed = seed
         self.error_rate = error_rate
         self.timeout_rate = timeout_after_commit_rate
+        # Account records are written only by `add_accounts`, in this process:
+        # keep them decoded (the demo reads each several times).
+        self._records: dict[str, dict[str, Any]] = {}
         metadata.create_all(engine)
 
     def add_accounts(self, records: list[dict[str, Any]]) -> None:
@@ -78,21 +81,32 @@ class LedgerCore:
             ]
             if rows:
                 c.execute(sor_accounts.insert(), rows)
+        self._records.clear()
+
+    def _record(self, c: sa.Connection | None, account_id: str) -> dict[str, Any] | None:
+        record = self._records.get(account_id)
+        if record is None:
+            if c is None:
+                with self.engine.connect() as own:
+                    return self._record(own, account_id)
+            row = c.execute(_record_of, {"account_id": account_id}).first()
+            if row is None:
+                return None
+            record = self._records[account_id] = row[0]
+        return record
 
     def read_account(self, account_id: str) -> Account | None:
-        with self.engine.connect() as c:
-            row = c.execute(_record_of, {"account_id": account_id}).first()
-        if row is None:
+        record = self._record(None, account_id)
+        if record is None:
             return None
-        record = row[0]
         return Account(
             account_id=account_id,
             first_name=record.get("first_name", ""),
             locale=record.get("locale", "en"),
             time_zone=record.get("time_zone"),
-            facts=record.get("facts", {}),
+            facts=dict(record.get("facts", {})),
             contacts=tuple(record.get("contacts", [])),
-            secrets=record.get("secrets", {}),
+            secrets=dict(record.get("secrets", {})),
         )
 
     def execute(
@@ -109,10 +123,10 @@ class LedgerCore:
             if fails:
                 return WritebackResult(ok=False, retryable=True, error="503 service unavailable")
             account_id = str(data.get("account_id", ""))
-            exists = c.execute(_record_of, {"account_id": account_id}).first()
-            if exists is None:
+            record = self._record(c, account_id)
+            if record is None:
                 return WritebackResult(ok=False, error=f"422 unknown account {account_id}")
-            if "closed" in exists[0].get("facts", {}).get("flags", []):
+            if "closed" in record.get("facts", {}).get("flags", []):
                 return WritebackResult(ok=False, error="422 account is closed")
             reference = f"{operation[:3]}_{short_digest(idempotency_key)}"
             c.execute(

@@ -10,6 +10,7 @@ keyed by idempotency key, so the same seed still gives the same run.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -90,15 +91,16 @@ class Sandboxes:
 
 
 @contextmanager
-def sandboxes(folder: Path) -> Iterator[Sandboxes]:
+def sandboxes(folder: Path, *, fresh: bool = True) -> Iterator[Sandboxes]:
     """Run the SMTP and Twilio sandboxes on free loopback ports for one demo.
 
     Each runs in a process of its own, so the providers' work happens on the
     other core while the simulation and the dispatcher run here, and nothing
-    waits on this process's GIL to answer a send.
+    waits on this process's GIL to answer a send. A resumed demo (`fresh`
+    false) keeps what they received before.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("smtp.db", "twilio.db"):
+    for name in ("smtp.db", "twilio.db") if fresh else ():
         for suffix in ("", "-wal", "-shm"):
             (folder / f"{name}{suffix}").unlink(missing_ok=True)
     context = multiprocessing.get_context("spawn")  # threads run here: never fork
@@ -144,13 +146,19 @@ def sandboxes(folder: Path) -> Iterator[Sandboxes]:
 
 
 def _serve(kind: str, folder: str, port: int, ready: Any, stop: Any) -> None:
-    """A sandbox's process: serve until `stop` is set, then write what it kept."""
+    """A sandbox's process: serve until `stop` is set or the demo is gone, then write."""
     engine = sa.create_engine(f"sqlite:///{Path(folder) / f'{kind}.db'}")
+    parent = os.getppid()
+
+    def wait() -> None:  # a demo killed with SIGKILL cannot set `stop`: watch for it
+        while not stop.wait(0.5) and os.getppid() == parent:
+            pass
+
     try:
         if kind == "smtp":
             sink = SmtpSink(engine, port=port, batch=500).start()
             ready.set()
-            stop.wait()
+            wait()
             sink.stop()
             return
         twilio = TwilioSandbox(
@@ -168,7 +176,7 @@ def _serve(kind: str, folder: str, port: int, ready: Any, stop: Any) -> None:
         while not server.started:
             time.sleep(0.02)
         ready.set()
-        stop.wait()
+        wait()
         server.should_exit = True
         thread.join(timeout=10)
         twilio.flush()

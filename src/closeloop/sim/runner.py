@@ -48,6 +48,22 @@ sim_actions = sa.Table(
 )
 
 
+# The loop's statements, built once: it runs them at every step of the clock.
+_due_actions = (
+    sa.select(sim_actions)
+    .where(sim_actions.c.done.is_(False), sim_actions.c.due_at <= sa.bindparam("now"))
+    .order_by(sim_actions.c.due_at, sim_actions.c.id)
+)
+_mark_done = (
+    sim_actions.update()
+    .where(sim_actions.c.id == sa.bindparam("b_id"))
+    .values(done=True, result=sa.bindparam("b_result"))
+)
+_cursor = sa.select(sim_state.c.cursor)
+_save_now = sim_state.update().values(now=sa.bindparam("now"))
+_next_action = sa.select(sa.func.min(sim_actions.c.due_at)).where(sim_actions.c.done.is_(False))
+
+
 @dataclass(frozen=True, kw_only=True)
 class Params:
     accounts: int
@@ -130,11 +146,7 @@ class Simulation:
 
     def _run_actions(self, now: datetime) -> int:
         with self.world.connect() as c:
-            rows = c.execute(
-                sa.select(sim_actions)
-                .where(sim_actions.c.done.is_(False), sim_actions.c.due_at <= _iso(now))
-                .order_by(sim_actions.c.due_at, sim_actions.c.id)
-            ).all()
+            rows = c.execute(_due_actions, {"now": _iso(now)}).all()
         if not rows:
             return 0
         triggers = [
@@ -163,12 +175,7 @@ class Simulation:
                 except CloseloopError as exc:  # the case closed meanwhile
                     results[row.id] = f"refused: {exc}"
         with self.world.begin() as c:
-            c.execute(
-                sim_actions.update()
-                .where(sim_actions.c.id == sa.bindparam("b_id"))
-                .values(done=True, result=sa.bindparam("b_result")),
-                [{"b_id": r.id, "b_result": results.get(r.id, "")} for r in rows],
-            )
+            c.execute(_mark_done, [{"b_id": r.id, "b_result": results.get(r.id, "")} for r in rows])
         return len(rows)
 
     def _schedule_reactions(self) -> bool:
@@ -176,7 +183,7 @@ class Simulation:
         if deliveries == self._looked_at:  # nothing arrived since the last look found all
             return False
         with self.world.connect() as c:
-            cursor = c.execute(sa.select(sim_state.c.cursor)).scalar_one()
+            cursor = c.execute(_cursor).scalar_one()
         delivered = self.app.sink.delivered_after(cursor, limit=_LOOK)
         if len(delivered) < _LOOK:
             self._looked_at = deliveries
@@ -222,13 +229,11 @@ class Simulation:
 
     def _save(self, now: datetime) -> None:
         with self.world.begin() as c:
-            c.execute(sim_state.update().values(now=_iso(now)))
+            c.execute(_save_now, {"now": _iso(now)})
 
     def _next_due(self) -> datetime | None:
         with self.world.connect() as c:
-            action = c.execute(
-                sa.select(sa.func.min(sim_actions.c.due_at)).where(sim_actions.c.done.is_(False))
-            ).scalar_one_or_none()
+            action = c.execute(_next_action).scalar_one_or_none()
         with self.app.store.read() as tx:
             candidates = [tx.next_timer_due(), tx.next_outbox_due()]
         if action:
