@@ -219,9 +219,19 @@ def ingest(
 def work(
     once: Annotated[bool, typer.Option("--once", help="run what is due now, then stop")] = False,
     interval: Annotated[float, typer.Option(help="seconds between polls")] = 1.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="serve Prometheus metrics on this port"),
+    ] = None,
 ) -> None:
     """Run due timers, messages and writebacks (a worker)."""
     app = build(_settings())
+    if metrics_port is not None:
+        try:
+            app.telemetry.serve(metrics_port)
+        except OSError as exc:
+            app.close()
+            raise InputError(f"--metrics-port {metrics_port}: {exc.strerror or exc}") from exc
     settle_heap()
     try:
         while True:

@@ -14,6 +14,7 @@ from closeloop.app.pacing import Pace
 from closeloop.app.runtime import Runtime, Workflows
 from closeloop.app.service import CustomerService
 from closeloop.app.settings import Settings
+from closeloop.app.telemetry import Telemetry
 from closeloop.channels import Channel, SinkChannel
 from closeloop.channels.smtp import SmtpChannel
 from closeloop.channels.twilio import TwilioChannel
@@ -38,6 +39,7 @@ class App:
     ledger: LedgerCore
     channels: Mapping[str, Channel]
     inbound: Inbound
+    telemetry: Telemetry
 
     def work(self, limit: int | None = None) -> int:
         """Run due timers, messages and writebacks until nothing is due now."""
@@ -151,6 +153,7 @@ def build(
         channels["webhook"] = WebhookChannel(
             url=settings.webhook_url, secret=settings.webhook_secret.get_secret_value()
         )
+    telemetry = Telemetry()
     dispatcher = Dispatcher(
         runtime,
         channels=channels,
@@ -169,6 +172,7 @@ def build(
             if rate
         },
         concurrency=settings.send_concurrency,
+        telemetry=telemetry,
     )
     service = CustomerService(runtime, public_url=settings.public_url, link_lifetime=lifetime)
     inbound = Inbound(
@@ -190,4 +194,5 @@ def build(
         ledger=ledger,
         channels=channels,
         inbound=inbound,
+        telemetry=telemetry,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -22,6 +22,7 @@ from closeloop.app import links
 from closeloop.app.compose import approved_variables, compose
 from closeloop.app.pacing import Pace
 from closeloop.app.runtime import Runtime
+from closeloop.app.telemetry import Telemetry
 from closeloop.channels import Channel, OutgoingMessage, SendResult, settle
 from closeloop.channels.sms import measure
 from closeloop.connectors import Connector, WritebackResult
@@ -81,6 +82,7 @@ class Dispatcher:
         sms_segment_cost: Decimal = Decimal("0"),
         pace: Mapping[str, Pace] | None = None,
         concurrency: int = 1,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.runtime = runtime
         self.channels = channels
@@ -90,6 +92,7 @@ class Dispatcher:
         self.link_lifetime = link_lifetime
         self.sms_segment_cost = sms_segment_cost
         self.pace = dict(pace or {})
+        self.telemetry = telemetry or Telemetry()
         # Sends of one batch on this many connections at once (providers wait on the network).
         self._pool = ThreadPoolExecutor(concurrency, "closeloop-send") if concurrency > 1 else None
 
@@ -136,12 +139,14 @@ class Dispatcher:
         for (item, _, _), sent in zip(outgoing, self._send_all(outgoing), strict=True):
             results.append((item, sent))
         now = self.runtime.clock.now()
+        tally = _Tally()  # counted once the results are committed
         with self.runtime.store.transaction() as tx:
             back = _FeedBack(self.runtime, tx, [i for i, _ in results], now)
             for item, wait in paced:
                 back.deferrals.append(
                     (item.id, now + timedelta(seconds=wait), {"deferred": "rate_limit"})
                 )
+                tally.held.append((item.payload["channel"], "defer", "rate_limit"))
             sent_rows: list[dict[str, Any]] = []
             tracked: list[tuple[str, int]] = []
             opted_out: list[ConsentRecord] = []
@@ -149,6 +154,7 @@ class Dispatcher:
                 payload = item.payload
                 event: Event
                 if isinstance(result, Verdict):
+                    tally.held.append((payload["channel"], result.action, result.reason))
                     if result.action == "defer":
                         assert result.at is not None
                         back.deferrals.append(
@@ -184,6 +190,7 @@ class Dispatcher:
                     if result.retry_after is not None:  # the provider said how long
                         delay = max(delay, timedelta(seconds=result.retry_after))
                     back.retries.append((item.id, now + delay, {"reason": result.reason}))
+                    tally.messages.append((payload["channel"], "retry"))
                     continue
                 status = "done" if result.status == "sent" else "failed"
                 outcome: dict[str, Any] = {
@@ -193,12 +200,12 @@ class Dispatcher:
                 message = prepared.get(item.id)
                 if message is not None and message.channel == "sms":
                     parts = measure(message.body)
-                    outcome.update(
-                        encoding=parts.encoding,
-                        segments=parts.segments,
-                        cost=str(self.sms_segment_cost * parts.segments),
-                    )
+                    cost = self.sms_segment_cost * parts.segments
+                    outcome.update(encoding=parts.encoding, segments=parts.segments, cost=str(cost))
+                    if result.status == "sent":
+                        tally.sms.append((parts.encoding, parts.segments, cost))
                 back.finished.append((item.id, status, outcome))
+                tally.messages.append((payload["channel"], "sent" if status == "done" else status))
                 if result.failure == "opted_out":  # the provider knows of an opt-out we missed
                     opted_out.append(
                         ConsentRecord(
@@ -243,6 +250,7 @@ class Dispatcher:
             tx.track_deliveries(tracked, now)
             tx.record_consents(opted_out)
             back.commit()
+        tally.count(self.telemetry)
         return len(claimed)
 
     def _send_all(
@@ -480,6 +488,23 @@ class Dispatcher:
                 back.apply(item, event)
             back.commit()
         return len(claimed)
+
+
+@dataclass
+class _Tally:
+    """What one batch of sends adds to the metrics, applied after its commit."""
+
+    messages: list[tuple[str, str]] = field(default_factory=list)
+    held: list[tuple[str, str, str]] = field(default_factory=list)
+    sms: list[tuple[str, int, Decimal]] = field(default_factory=list)
+
+    def count(self, telemetry: Telemetry) -> None:
+        for channel, result in self.messages:
+            telemetry.messages.labels(channel, result).inc()
+        for channel, action, reason in self.held:
+            telemetry.held.labels(channel, action, reason).inc()
+        for encoding, segments, cost in self.sms:
+            telemetry.count_sms(encoding, segments, cost)
 
 
 class _FeedBack:

@@ -13,10 +13,11 @@ from typing import Any
 from fastapi import Body, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from closeloop.app import App, TriggerIn
+from closeloop.app.telemetry import CONTENT_TYPE
 from closeloop.errors import NotFound, TriggerError
 from closeloop.web import unsubscribe, webhooks
 
@@ -71,6 +72,11 @@ def create_api(app: App) -> FastAPI:
     @api.get("/healthz")
     def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    @api.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus metrics (see docs/operating.md#metrics)."""
+        return Response(app.telemetry.exposition(), media_type=CONTENT_TYPE)
 
     @api.post("/v1/triggers", status_code=200)
     def post_triggers(payload: Any = Body(...)) -> dict[str, Any]:

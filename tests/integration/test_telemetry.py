@@ -1,0 +1,132 @@
+"""Prometheus metrics: what dispatch counts, and where it is served."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from closeloop.app import App, Settings, build
+from closeloop.channels.sms import measure
+from closeloop.channels.smtp import free_port
+from closeloop.clock import SimClock
+from closeloop.web import create_api
+from tests.acceptance.conftest import CLI
+from tests.conftest import EXAMPLE, NOW
+from tests.integration.test_runtime import ACCOUNT, trigger
+
+COST = Decimal("0.0079")
+
+
+@pytest.fixture
+def clock() -> SimClock:
+    return SimClock(NOW)
+
+
+@pytest.fixture
+def app(database_url: str, tmp_path: Path, clock: SimClock) -> Iterator[App]:
+    settings = Settings(
+        data_dir=tmp_path, database_url=database_url, workflows=[EXAMPLE], sms_segment_cost=COST
+    )
+    built = build(settings, clock=clock)
+    built.ledger.add_accounts([ACCOUNT, {**ACCOUNT, "account_id": "A2"}])
+    yield built
+    built.close()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus exposition, by name and labels."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_sends_holds_and_sms_segments_are_counted_and_served(app: App, clock: SimClock) -> None:
+    (first,) = app.runtime.intake([trigger("t1")])
+    app.work()  # the first email
+    clock.advance(timedelta(hours=24))
+    app.work()  # the SMS a day later
+    assert first.case_id is not None
+    app.service.opt_out(first.case_id, "sms", key="stop-1")
+    clock.advance(timedelta(minutes=5))
+    app.runtime.intake([trigger("t2", account="A2")])  # same number, another account
+    app.work()
+    clock.advance(timedelta(hours=24))
+    app.work()  # its SMS is blocked: the number opted out
+
+    (sms,) = [m for m in app.sink.delivered_after(0) if m["channel"] == "sms"]
+    parts = measure(sms["body"])
+    got = samples(TestClient(create_api(app)).get("/metrics").text)
+    assert got[("closeloop_messages_total", (("channel", "email"), ("result", "sent")))] == 2
+    assert got[("closeloop_messages_total", (("channel", "sms"), ("result", "sent")))] == 1
+    blocked = (("action", "block"), ("channel", "sms"), ("reason", "suppressed"))
+    assert got[("closeloop_messages_held_total", blocked)] == 1
+    segments = ("closeloop_sms_segments_total", (("encoding", parts.encoding),))
+    assert got[segments] == parts.segments
+    cost = got[("closeloop_sms_cost_total", ())]
+    assert cost == pytest.approx(float(COST * parts.segments))
+
+
+def test_a_second_app_counts_on_its_own(app: App, tmp_path: Path) -> None:
+    app.runtime.intake([trigger("t1")])
+    app.work()
+    other = build(Settings(data_dir=tmp_path / "other", workflows=[EXAMPLE]))
+    try:
+        assert b"closeloop_messages_total{" not in other.telemetry.exposition()
+    finally:
+        other.close()
+    assert b'closeloop_messages_total{channel="email",result="sent"} 1.0' in (
+        app.telemetry.exposition()
+    )
+
+
+def test_the_worker_serves_metrics_on_its_own_port(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "CLOSELOOP_DATA_DIR": str(tmp_path)}
+    env.pop("CLOSELOOP_DATABASE_URL", None)
+    worker = subprocess.Popen(
+        [str(CLI), "work", "--metrics-port", str(port), "--interval", "0.2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1)
+                break
+            except httpx.TransportError:
+                assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
+                assert time.monotonic() < deadline, "the worker never served metrics"
+                time.sleep(0.1)
+        assert answer.status_code == 200
+        assert "# TYPE closeloop_sms_cost_total counter" in answer.text
+    finally:
+        worker.terminate()
+        worker.wait(timeout=10)
+    with socket.socket() as taken:  # a port already in use is a clear error, not a trace
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        refused = subprocess.run(
+            [str(CLI), "work", "--once", "--metrics-port", str(busy)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    assert refused.returncode == 2
+    assert f"--metrics-port {busy}:" in refused.stderr and "Traceback" not in refused.stderr
