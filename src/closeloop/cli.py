@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -499,6 +500,8 @@ def demo(
         running = stack.enter_context(sandboxes(out_dir / "sandboxes", fresh=not resume))
         # Send a batch on several connections: the providers answer from other processes.
         extra = {"send_concurrency": 8, **running.settings}
+    if "CLOSELOOP_CONSENT_NOTICE_VERSION" not in os.environ:
+        extra["consent_notice_version"] = "demo-notices-2026-03"
     settings = _settings(data_dir=out_dir, workflows=[EXAMPLE], cohort_percent=cohort, **extra)
     if not resume and settings.database_url:
         _reset_database(settings.database_url)

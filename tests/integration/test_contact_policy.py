@@ -74,6 +74,42 @@ def test_an_opt_out_suppresses_the_address_for_every_later_case(app: App, clock:
     assert any(m["channel"] == "sms" for m in app.sink.delivered_after(0))
 
 
+def test_every_consent_record_says_which_notice_version_it_answers_to(
+    database_url: str, tmp_path: Path, clock: SimClock
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        workflows=[EXAMPLE],
+        consent_notice_version="opt-out-footer-v2",
+    )
+    app = build(settings, clock=clock)
+    try:
+        contacts = [
+            {"channel": "email", "address": "ana@example.com", "consent": True, "notice": "e-v9"},
+            {"channel": "sms", "address": "+12125550123", "consent": True},  # the core is silent
+        ]
+        app.ledger.add_accounts([{**ACCOUNT, "contacts": contacts}])
+        (opened,) = app.runtime.intake([trigger("t1")])
+        assert opened.case_id is not None
+        app.work()  # the email goes out on the system of record's consent
+        clock.advance(timedelta(hours=24))
+        app.work()  # and the SMS
+        app.service.opt_out(opened.case_id, "email", key="optout-1")
+        with app.store.read() as tx:
+            email = tx.consents_for([("email", "ana@example.com")])
+            sms = tx.consents_for([("sms", "+12125550123")])
+        assert [(r.granted, r.actor, r.notice_version) for r in email] == [
+            (True, "system_of_record", "e-v9"),
+            (False, "customer", "opt-out-footer-v2"),
+        ]
+        assert [(r.granted, r.actor, r.notice_version) for r in sms] == [
+            (True, "system_of_record", None)
+        ]
+    finally:
+        app.close()
+
+
 def test_a_fatigue_cap_defers_without_spending_an_attempt(app: App, clock: SimClock) -> None:
     with app.store.transaction() as tx:  # three messages from other workflows this week
         tx.log_sent(

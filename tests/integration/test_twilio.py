@@ -47,6 +47,7 @@ def world(database_url: str, tmp_path: Path) -> Iterator[tuple[App, TwilioSandbo
         twilio_auth_token=TOKEN,
         twilio_sms_from=OURS,
         program_name="Acme Card",
+        consent_notice_version="sms-terms-v4",
     )
     clock = SimClock(NOW)
     app = build(settings, clock=clock)
@@ -158,8 +159,8 @@ def test_stop_help_and_start_from_the_customer(world: tuple[App, TwilioSandbox, 
     assert "Msg & data rates may apply" in help_[0] and "Reply STOP to opt out" in help_[0]
     with app.store.read() as tx:
         ledger = tx.consents_for([("sms", "+12125550123")])
-    assert [(r.granted, r.method, r.source) for r in ledger] == [
-        (False, "sms keyword Stop!", "twilio")
+    assert [(r.granted, r.method, r.source, r.notice_version) for r in ledger] == [
+        (False, "sms keyword Stop!", "twilio", "sms-terms-v4")
     ]
     # While suppressed, nothing goes to the number from any workflow.
     (result,) = app.runtime.intake([trigger("t3")])

@@ -174,13 +174,19 @@ def build(
         concurrency=settings.send_concurrency,
         telemetry=telemetry,
     )
-    service = CustomerService(runtime, public_url=settings.public_url, link_lifetime=lifetime)
+    service = CustomerService(
+        runtime,
+        public_url=settings.public_url,
+        link_lifetime=lifetime,
+        notice_version=settings.consent_notice_version,
+    )
     inbound = Inbound(
         runtime,
         Program(
             name=settings.program_name,
             help=settings.program_help,
             frequency=settings.program_frequency,
+            notice_version=settings.consent_notice_version,
         ),
     )
     return App(

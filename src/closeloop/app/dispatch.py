@@ -354,7 +354,10 @@ class Dispatcher:
             pair = (item.payload["channel"], item.payload["address"])
             if case is None or pair in known or pair in added:
                 continue
-            if any(c.consent and (c.channel, c.address) == pair for c in case.contacts):
+            given = next(
+                (c for c in case.contacts if c.consent and (c.channel, c.address) == pair), None
+            )
+            if given is not None:
                 added[pair] = ConsentRecord(
                     channel=pair[0],
                     address=pair[1],
@@ -363,6 +366,7 @@ class Dispatcher:
                     actor="system_of_record",
                     method="account record",
                     source="system of record",
+                    notice_version=given.notice,
                     account_id=case.account_id,
                 )
         tx.record_consents(list(added.values()))

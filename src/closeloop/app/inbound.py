@@ -59,6 +59,7 @@ class Program:
     name: str
     help: str
     frequency: str
+    notice_version: str | None = None  # of the terms STOP and START answer to
 
     def help_text(self) -> str:
         return (
@@ -167,5 +168,6 @@ class Inbound:
                 actor=actor,
                 method=method,
                 source="twilio",
+                notice_version=self.program.notice_version,
             )
         )

@@ -208,7 +208,10 @@ class Runtime:
             account=facts,
             contacts=tuple(
                 Contact(
-                    channel=c["channel"], address=c["address"], consent=bool(c.get("consent", True))
+                    channel=c["channel"],
+                    address=c["address"],
+                    consent=bool(c.get("consent", True)),
+                    notice=str(c["notice"]) if c.get("notice") else None,
                 )
                 for c in (account.contacts if account else ())
             ),

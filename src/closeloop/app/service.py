@@ -39,10 +39,18 @@ class Visit:
 
 
 class CustomerService:
-    def __init__(self, runtime: Runtime, *, public_url: str, link_lifetime: timedelta) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        public_url: str,
+        link_lifetime: timedelta,
+        notice_version: str | None = None,
+    ) -> None:
         self.runtime = runtime
         self.public_url = public_url
         self.link_lifetime = link_lifetime
+        self.notice_version = notice_version  # recorded with every consent change
 
     def issue_link(self, case_id: str, channel: str = "sms") -> str:
         """A fresh link for the case (what an agent's "send a new link" calls)."""
@@ -159,6 +167,7 @@ class CustomerService:
                         actor="customer",
                         method=method,
                         source=case.workflow,
+                        notice_version=self.notice_version,
                         account_id=case.account_id,
                     )
                 )

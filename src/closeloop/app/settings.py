@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     program_name: str = "closeloop payments"
     program_help: str = "help at 1-800-555-0100 or https://closeloop.invalid/help"
     program_frequency: str = "Up to 3 msgs per week"
+    consent_notice_version: str | None = Field(
+        default=None,
+        max_length=100,
+        description="the version of the consent and opt-out notice text customers are shown; "
+        "recorded with every consent change closeloop takes",
+    )
     sms_segment_cost: Decimal = Field(
         default=Decimal("0.0083"), ge=0, description="what one SMS segment costs (reporting)"
     )

@@ -47,6 +47,7 @@ class Contact:
     channel: str
     address: str
     consent: bool = True
+    notice: str | None = None  # the consent notice version the system of record holds
 
 
 @dataclass(frozen=True, kw_only=True)

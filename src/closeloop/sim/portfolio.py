@@ -63,6 +63,13 @@ class Customer:
     pays_elsewhere: bool
 
 
+NOTICES = {
+    "email": "e-statements-consent-2025-06",
+    "sms": "sms-terms-2025-09",
+    "whatsapp": "whatsapp-opt-in-2025-09",
+}
+
+
 def account_id(index: int) -> str:
     return f"ACC-{index:06d}"
 
@@ -97,6 +104,9 @@ def make_account(seed: int, index: int) -> dict[str, Any]:
             contacts.append(
                 {"channel": "whatsapp", "address": number, "consent": rng.random() < 0.7}
             )
+    for contact in contacts:  # the consent notice each customer accepted, as the core keeps it
+        if contact["consent"]:
+            contact["notice"] = NOTICES[str(contact["channel"])]
     born = date(1950, 1, 1) + timedelta(days=rng.randint(0, 365 * 50))
     return {
         "account_id": account_id(index),

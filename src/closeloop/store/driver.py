@@ -242,6 +242,13 @@ class Dialect:
         state: dict[str, Any] = dict(zip(_STATE_FIELDS, _state_of(case), strict=True))
         state["contacts"] = [
             {"channel": c.channel, "address": c.address, "consent": c.consent}
+            if c.notice is None
+            else {
+                "channel": c.channel,
+                "address": c.address,
+                "consent": c.consent,
+                "notice": c.notice,
+            }
             for c in case.contacts
         ]
         state["pending_writebacks"] = case.pending_writebacks
