@@ -2,47 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import smtplib
-import socket
 import sqlite3
-import subprocess
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
 
-from tests.acceptance.conftest import CLI
-from tests.servers import free_port
+from tests.acceptance.conftest import listening
 
 
-@contextmanager
-def running(data: Path, *args: str) -> Iterator[int]:
-    port = free_port()
-    env = {**os.environ, "CLOSELOOP_DATA_DIR": str(data)}
-    env.pop("CLOSELOOP_DATABASE_URL", None)
-    process = subprocess.Popen(
-        [str(CLI), "sandbox", *args, "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(process.stderr.read().decode() if process.stderr else "")
-                time.sleep(0.1)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+def running(data: Path, kind: str) -> AbstractContextManager[int]:
+    return listening(data, "sandbox", kind, "--port")
 
 
 def test_sandbox_smtp_keeps_what_it_receives(tmp_path: Path) -> None:

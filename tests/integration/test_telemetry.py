@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -18,10 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from closeloop.app import App, Settings, build
 from closeloop.channels.sms import measure
-from closeloop.channels.smtp import free_port
 from closeloop.clock import SimClock
 from closeloop.web import create_api
-from tests.acceptance.conftest import CLI
+from tests.acceptance.conftest import CLI, listening
 from tests.conftest import EXAMPLE, NOW
 from tests.integration.test_runtime import ACCOUNT, trigger
 
@@ -93,30 +91,12 @@ def test_a_second_app_counts_on_its_own(app: App, tmp_path: Path) -> None:
 
 
 def test_the_worker_serves_metrics_on_its_own_port(tmp_path: Path) -> None:
-    port = free_port()
+    with listening(tmp_path, "work", "--interval", "0.2", "--metrics-port") as port:
+        answer = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    assert answer.status_code == 200
+    assert "# TYPE closeloop_sms_cost_total counter" in answer.text
     env = {**os.environ, "CLOSELOOP_DATA_DIR": str(tmp_path)}
     env.pop("CLOSELOOP_DATABASE_URL", None)
-    worker = subprocess.Popen(
-        [str(CLI), "work", "--metrics-port", str(port), "--interval", "0.2"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1)
-                break
-            except httpx.TransportError:
-                assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
-                assert time.monotonic() < deadline, "the worker never served metrics"
-                time.sleep(0.1)
-        assert answer.status_code == 200
-        assert "# TYPE closeloop_sms_cost_total counter" in answer.text
-    finally:
-        worker.terminate()
-        worker.wait(timeout=10)
     with socket.socket() as taken:  # a port already in use is a clear error, not a trace
         taken.bind(("127.0.0.1", 0))
         taken.listen()
