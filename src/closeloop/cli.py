@@ -249,13 +249,20 @@ def work(
 @cli.command()
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the public API (uvicorn)."""
+    import logging
+
     import uvicorn
 
     from closeloop.web import create_api
+    from closeloop.web.cards import RedactCardNumbers
 
     app = build(_settings(public_url=f"http://{host}:{port}"))
     settle_heap()
-    uvicorn.run(create_api(app), host=host, port=port, log_level="info")
+    api = create_api(app)
+    config = uvicorn.Config(api, host=host, port=port, log_level="info")
+    for name in ("uvicorn.access", "uvicorn.error"):  # after Config set up the loggers
+        logging.getLogger(name).addFilter(RedactCardNumbers())
+    uvicorn.Server(config).run()
 
 
 @cli.command()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
+import secrets
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,6 +16,7 @@ from closeloop.app.inbound import Inbound, Program
 from closeloop.app.pacing import Pace
 from closeloop.app.runtime import Runtime, Workflows
 from closeloop.app.service import CustomerService
+from closeloop.app.sessions import Sessions
 from closeloop.app.settings import Settings
 from closeloop.app.telemetry import Telemetry
 from closeloop.channels import Channel, SinkChannel
@@ -40,6 +44,7 @@ class App:
     channels: Mapping[str, Channel]
     inbound: Inbound
     telemetry: Telemetry
+    sessions: Sessions
 
     def work(self, limit: int | None = None) -> int:
         """Run due timers, messages and writebacks until nothing is due now."""
@@ -65,6 +70,33 @@ class App:
         self.store.dispose()
         self.sink.engine.dispose()
         self.ledger.engine.dispose()
+
+
+def identity_key(settings: Settings) -> bytes:
+    """The key known facts are hashed with: from settings, else DATA_DIR/keys/identity.key.
+
+    The file is made on first run (32 random bytes, readable by its owner only).
+    """
+    if settings.identity_key is not None:
+        value = settings.identity_key.get_secret_value().strip()
+        try:
+            key = bytes.fromhex(value)
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise InputError("CLOSELOOP_IDENTITY_KEY must be 64 hexadecimal digits (32 bytes)")
+        return key
+    path = settings.data_dir / "keys" / "identity.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(handle, "w") as out:
+                out.write(secrets.token_hex(32) + "\n")
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except ValueError as exc:
+        raise InputError(f"{path} does not hold 64 hexadecimal digits") from exc
 
 
 def settle_heap() -> None:
@@ -179,6 +211,7 @@ def build(
         public_url=settings.public_url,
         link_lifetime=lifetime,
         notice_version=settings.consent_notice_version,
+        identity_key=identity_key(settings),
     )
     inbound = Inbound(
         runtime,
@@ -201,4 +234,5 @@ def build(
         channels=channels,
         inbound=inbound,
         telemetry=telemetry,
+        sessions=Sessions(store, clock),
     )

@@ -8,6 +8,7 @@ key; an action delivered twice is applied once.
 from __future__ import annotations
 
 import hmac
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -46,8 +47,10 @@ class CustomerService:
         public_url: str,
         link_lifetime: timedelta,
         notice_version: str | None = None,
+        identity_key: bytes | None = None,
     ) -> None:
         self.runtime = runtime
+        self.identity_key = identity_key or secrets.token_bytes(32)
         self.public_url = public_url
         self.link_lifetime = link_lifetime
         self.notice_version = notice_version  # recorded with every consent change
@@ -85,16 +88,24 @@ class CustomerService:
             return visit
 
     def verify_identity(self, case_id: str, answers: Mapping[str, str], *, key: str) -> bool:
-        """Check known facts against the system of record; True when they match."""
+        """Check known facts against the system of record; True when all of them match.
+
+        Each answer and each fact on record is normalised and compared as a
+        keyed hash (HMAC-SHA256), in constant time; the result never says
+        which fact was wrong.
+        """
         case = self.runtime.case(case_id)
         compiled = self.runtime.spec_for(case)
         account = self.runtime.connector.read_account(case.account_id)
         expected = account.secrets if account else {}
         wanted = compiled.spec.identity.known_facts
-        passed = bool(wanted) and all(
-            hmac.compare_digest(_norm(answers.get(fact, "")), _norm(expected.get(fact, "\0")))
+        matches = [
+            hmac.compare_digest(
+                self._keyed(answers.get(fact, "")), self._keyed(expected.get(fact), missing=True)
+            )
             for fact in wanted
-        )
+        ]
+        passed = bool(wanted) and all(matches)
         self._checked(
             self.runtime.apply(
                 case_id,
@@ -206,6 +217,11 @@ class CustomerService:
         if target is None:
             raise NotFound(_SAME_RESPONSE)
         return {"channel": target["channel"], "address": target["address"]}
+
+    def _keyed(self, value: str | None, *, missing: bool = False) -> bytes:
+        if value is None and missing:  # a fact the record lacks matches no answer
+            return b"\0" * 32
+        return hmac.new(self.identity_key, _norm(value or "").encode(), "sha256").digest()
 
     @staticmethod
     def _checked(decision: Decision) -> Decision:

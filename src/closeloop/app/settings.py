@@ -72,6 +72,20 @@ class Settings(BaseSettings):
     program_name: str = "closeloop payments"
     program_help: str = "help at 1-800-555-0100 or https://closeloop.invalid/help"
     program_frequency: str = "Up to 3 msgs per week"
+    brand_name: str | None = Field(
+        default=None, max_length=80, description="the mini-apps' name (default: program_name)"
+    )
+    brand_color: str = Field(
+        default="#0b5cab", pattern=r"^#[0-9a-fA-F]{6}$", description="the mini-apps' colour"
+    )
+    brand_logo_url: str | None = Field(
+        default=None, pattern=r"^https://\S+$", description="an https URL of the logo"
+    )
+    identity_key: SecretStr | None = Field(
+        default=None,
+        description="key (64 hex digits) for comparing known facts as keyed hashes; "
+        "generated into DATA_DIR/keys on first run when unset",
+    )
     consent_notice_version: str | None = Field(
         default=None,
         max_length=100,

@@ -37,6 +37,12 @@ class Telemetry:
             ["encoding"],
             registry=self.registry,
         )
+        self.card_numbers = Counter(
+            "closeloop_card_numbers_refused",
+            "Requests refused because they carried a card number, by where (path, query, body).",
+            ["where"],
+            registry=self.registry,
+        )
         self.sms_cost = Counter(
             "closeloop_sms_cost",
             "What the SMS segments sent cost, at CLOSELOOP_SMS_SEGMENT_COST each.",

@@ -39,6 +39,7 @@ from closeloop.store.tables import (
     consents,
     delivery_receipts,
     inbound_messages,
+    miniapp_sessions,
     outbox,
     timers,
     unsubscribe_tokens,
@@ -708,6 +709,31 @@ class Tx:
     def use_link(self, token_hash: str, now: datetime) -> bool:
         """Mark the link used; False if someone else used it first."""
         result = self.c.execute(q.use_link, {"b_hash": token_hash, "b_now": now})
+        return result.rowcount == 1
+
+    # -- mini-app sessions ---------------------------------------------------
+    def save_session(self, row: dict[str, Any]) -> None:
+        self.c.execute(miniapp_sessions.insert(), row)
+
+    def session(self, id_hash: str) -> dict[str, Any] | None:
+        stmt = sa.select(miniapp_sessions).where(miniapp_sessions.c.id_hash == id_hash)
+        row = self.c.execute(stmt).first()
+        return dict(row._mapping) if row else None
+
+    def touch_session(self, id_hash: str, now: datetime) -> None:
+        self.c.execute(
+            miniapp_sessions.update()
+            .where(miniapp_sessions.c.id_hash == id_hash)
+            .values(seen_at=now)
+        )
+
+    def end_session(self, id_hash: str, now: datetime) -> bool:
+        """End a session; False if it had ended already."""
+        result = self.c.execute(
+            miniapp_sessions.update()
+            .where(miniapp_sessions.c.id_hash == id_hash, miniapp_sessions.c.ended_at.is_(None))
+            .values(ended_at=now)
+        )
         return result.rowcount == 1
 
     def backend_event_received(self, event_id: str) -> bool:

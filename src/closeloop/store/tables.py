@@ -150,6 +150,20 @@ links = sa.Table(
     sa.Index("ix_links_case", "case_id"),
 )
 
+miniapp_sessions = sa.Table(
+    "miniapp_sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),  # the cookie's value, hashed
+    sa.Column("case_id", sa.String(64), nullable=False),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("level", sa.String(32), nullable=False),  # identity: none, known_facts, ...
+    sa.Column("created_at", UTCDateTime, nullable=False),  # of the first session of the visit
+    sa.Column("seen_at", UTCDateTime, nullable=False),
+    sa.Column("ended_at", UTCDateTime),
+    sa.Index("ix_miniapp_sessions_case", "case_id"),
+)
+
 backend_events = sa.Table(
     "backend_events",
     metadata,

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from closeloop.app import App, TriggerIn
 from closeloop.app.telemetry import CONTENT_TYPE
 from closeloop.errors import NotFound, TriggerError
-from closeloop.web import unsubscribe, webhooks
+from closeloop.web import miniapp, unsubscribe, webhooks
+from closeloop.web.cards import CardNumberGuard
 
 
 class TriggerBody(BaseModel):
@@ -141,4 +142,8 @@ def create_api(app: App) -> FastAPI:
 
     api.include_router(unsubscribe.router(app))
     api.include_router(webhooks.router(app))
+    api.include_router(miniapp.router(app))
+    api.add_middleware(
+        CardNumberGuard, flag=lambda where: app.telemetry.card_numbers.labels(where).inc()
+    )
     return api

@@ -1,0 +1,154 @@
+"""The mini-apps' words, in English and Spanish.
+
+A page's language is the case's (the account's locale) once a session
+exists; before that, the browser's first choice among those we have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+LOCALES = ("en", "es")
+
+TEXT: Mapping[str, Mapping[str, str]] = {
+    "en": {
+        "landing.title": "A message from {brand}",
+        "landing.text": "Continue to see what this is about and sort it out here.",
+        "continue": "Continue",
+        "invalid.title": "This link does not work",
+        "invalid.text": (
+            "It may have expired or been used already. Reply to our message or call us "
+            "and we will send you a new one."
+        ),
+        "hello": "Hello {name}",
+        "identity.title": "First, confirm it is you",
+        "identity.text": (
+            "We show nothing about your account until these details match our records."
+        ),
+        "fact.date_of_birth": "Date of birth",
+        "fact.date_of_birth.hint": "Year, month and day, for example 1984-07-21",
+        "fact.postal_code": "ZIP code",
+        "fact.postal_code.hint": "The 5 digits of your billing address's ZIP code",
+        "fact.last4_ssn": "Last 4 digits of your Social Security number",
+        "fact.last4_ssn.hint": "4 digits",
+        "fact.account_last4": "Last 4 digits of your account number",
+        "fact.account_last4.hint": "4 digits",
+        "confirm": "Confirm",
+        "identity.mismatch": "These details do not match our records. Attempts left: {left}.",
+        "locked.title": "We could not confirm it is you",
+        "locked.text": (
+            "For your security this link no longer works. Someone from our team will "
+            "contact you; you can also call us."
+        ),
+        "options.title": "How would you like to sort this out?",
+        "options.due": "Amount due: {amount}",
+        "option.pay_now": "Pay now",
+        "option.pay_now.amount": "Amount to pay (from {minimum} to {maximum})",
+        "option.pay_now.submit": "Pay",
+        "option.update_card": "Update my card",
+        "option.unavailable": "Not available here yet: call us to do this.",
+        "amount.invalid": "Enter an amount from {minimum} to {maximum}, like 120.50.",
+        "step_up.needed": (
+            "Paying more than this online needs a one-time code, which is not available "
+            "here yet. Pay a smaller amount, or call us."
+        ),
+        "done.title": "Thank you, it is done",
+        "done.reference": "Your reference: {reference}",
+        "done.next": (
+            "We are recording this on your account now. You do not need to do anything else; "
+            "we will stop sending reminders about this."
+        ),
+        "closed.title": "There is nothing left to do here",
+        "closed.text": "This matter is closed. If something is not right, call us.",
+        "expired.title": "Your session has ended",
+        "expired.text": "For your security, open the link in our message again to continue.",
+        "stale.text": "That form was out of date. Please try again.",
+        "refused.text": "We could not accept that: {reason}",
+        "skip": "Skip to the main content",
+    },
+    "es": {
+        "landing.title": "Un mensaje de {brand}",
+        "landing.text": "Continúe para ver de qué se trata y resolverlo aquí.",
+        "continue": "Continuar",
+        "invalid.title": "Este enlace no funciona",
+        "invalid.text": (
+            "Puede que haya caducado o que ya se haya usado. Responda a nuestro mensaje o "
+            "llámenos y le enviaremos uno nuevo."
+        ),
+        "hello": "Hola, {name}",
+        "identity.title": "Primero, confirme que es usted",
+        "identity.text": (
+            "No mostramos nada de su cuenta hasta que estos datos coincidan con nuestros registros."
+        ),
+        "fact.date_of_birth": "Fecha de nacimiento",
+        "fact.date_of_birth.hint": "Año, mes y día, por ejemplo 1984-07-21",
+        "fact.postal_code": "Código postal",
+        "fact.postal_code.hint": "Los 5 dígitos del código postal de su dirección de facturación",
+        "fact.last4_ssn": "Últimos 4 dígitos de su número de Seguro Social",
+        "fact.last4_ssn.hint": "4 dígitos",
+        "fact.account_last4": "Últimos 4 dígitos de su número de cuenta",
+        "fact.account_last4.hint": "4 dígitos",
+        "confirm": "Confirmar",
+        "identity.mismatch": (
+            "Estos datos no coinciden con nuestros registros. Intentos restantes: {left}."
+        ),
+        "locked.title": "No pudimos confirmar que es usted",
+        "locked.text": (
+            "Por su seguridad, este enlace ya no funciona. Alguien de nuestro equipo se "
+            "pondrá en contacto con usted; también puede llamarnos."
+        ),
+        "options.title": "¿Cómo prefiere resolverlo?",
+        "options.due": "Importe pendiente: {amount}",
+        "option.pay_now": "Pagar ahora",
+        "option.pay_now.amount": "Importe a pagar (de {minimum} a {maximum})",
+        "option.pay_now.submit": "Pagar",
+        "option.update_card": "Actualizar mi tarjeta",
+        "option.unavailable": "Todavía no disponible aquí: llámenos para hacerlo.",
+        "amount.invalid": "Escriba un importe de {minimum} a {maximum}, por ejemplo 120.50.",
+        "step_up.needed": (
+            "Pagar más de esta cantidad en línea requiere un código de un solo uso, que aún "
+            "no está disponible aquí. Pague un importe menor o llámenos."
+        ),
+        "done.title": "Gracias, ya está hecho",
+        "done.reference": "Su referencia: {reference}",
+        "done.next": (
+            "Lo estamos registrando en su cuenta ahora. No tiene que hacer nada más; "
+            "dejaremos de enviarle recordatorios sobre esto."
+        ),
+        "closed.title": "Aquí ya no queda nada por hacer",
+        "closed.text": "Este asunto está cerrado. Si algo no está bien, llámenos.",
+        "expired.title": "Su sesión ha terminado",
+        "expired.text": (
+            "Por su seguridad, vuelva a abrir el enlace de nuestro mensaje para continuar."
+        ),
+        "stale.text": "Ese formulario estaba desactualizado. Inténtelo de nuevo.",
+        "refused.text": "No pudimos aceptarlo: {reason}",
+        "skip": "Saltar al contenido principal",
+    },
+}
+
+
+def pick(accept_language: str | None) -> str:
+    """The first locale of an Accept-Language header that we have (else en)."""
+    ranked = []
+    for part in (accept_language or "").split(","):
+        tag, _, q = part.strip().partition(";q=")
+        try:
+            weight = float(q) if q else 1.0
+        except ValueError:
+            continue
+        language = tag.split("-")[0].lower()
+        if language in LOCALES:
+            ranked.append((-weight, language))
+    return min(ranked)[1] if ranked else "en"
+
+
+def text(locale: str, key: str, *, default: str | None = None, **values: object) -> str:
+    """The words for `key` in `locale` (English if missing there), filled in."""
+    words = TEXT.get(locale, TEXT["en"])
+    found = words.get(key) or TEXT["en"].get(key)
+    if found is None:
+        if default is None:
+            raise KeyError(f"no text {key!r}")
+        return default
+    return found.format(**values)

@@ -1,0 +1,350 @@
+"""The mini-apps: where a customer finishes the task their message is about.
+
+Server-rendered pages (Jinja2), no script, one column for a phone.
+
+- ``GET /m/{token}`` shows a page with a Continue button and nothing else: it
+  never looks the link up, uses it or changes anything (mail scanners follow
+  links), and says nothing about whether the link is any good.
+- ``POST /m/{token}`` uses the link (once), starts a session on the server
+  and sets its id in a ``__Host-`` cookie (Secure, HttpOnly, SameSite=Lax),
+  then redirects to ``/m``, a URL without the token. Unknown, expired and
+  used links get the same page, with the same status, after the same time.
+- ``/m`` shows what the session may see: the identity check until the known
+  facts match (a masked greeting and nothing else), then the options policy
+  allows for this case, then the confirmation with a reference.
+- Every form carries the session's CSRF token; every page is ``no-store``,
+  ``no-referrer``, with a strict Content-Security-Policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import partial
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from closeloop.app import App
+from closeloop.app.sessions import Session
+from closeloop.engine import Case, Status
+from closeloop.errors import NotFound, StateError
+from closeloop.policy import OfferedOption
+from closeloop.web.i18n import LOCALES, pick, text
+
+COOKIE = "__Host-closeloop-session"
+# Failed link redemptions answer no sooner than this after the request came in,
+# so unknown, expired and used links cannot be told apart by their timing.
+FAILURE_FLOOR = 0.25
+_CENT = Decimal("0.01")
+
+_INPUTS = {  # how each known fact is typed on a phone
+    "date_of_birth": ("text", "bday"),
+    "postal_code": ("numeric", "postal-code"),
+    "last4_ssn": ("numeric", "off"),
+    "account_last4": ("numeric", "off"),
+}
+
+
+@dataclass(frozen=True)
+class Brand:
+    name: str
+    color: str
+    ink: str  # text on the brand colour: black or white, whichever contrasts more
+    logo_url: str | None
+
+
+def _ink(color: str) -> str:
+    """#000000 or #ffffff, whichever has the higher WCAG contrast on `color`."""
+
+    def channel(hex_pair: str) -> float:
+        value = int(hex_pair, 16) / 255
+        return value / 12.92 if value <= 0.03928 else ((value + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (channel(color[i : i + 2]) for i in (1, 3, 5))
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return "#000000" if (luminance + 0.05) / 0.05 > 1.05 / (luminance + 0.05) else "#ffffff"
+
+
+def mask(name: str) -> str:
+    """A greeting's name before identity is confirmed: its first letter only."""
+    name = name.strip()
+    return f"{name[0]}{'*' * 3}" if name else ""
+
+
+def router(app: App) -> APIRouter:
+    routes = APIRouter()
+    settings = app.settings
+    brand = Brand(
+        name=settings.brand_name or settings.program_name,
+        color=settings.brand_color,
+        ink=_ink(settings.brand_color),
+        logo_url=settings.brand_logo_url,
+    )
+    logo_origin = ""
+    if brand.logo_url:
+        parts = urlsplit(brand.logo_url)
+        logo_origin = f" {parts.scheme}://{parts.netloc}"
+    headers = {
+        "Cache-Control": "no-store",
+        "Referrer-Policy": "no-referrer",
+        "Content-Security-Policy": (
+            f"default-src 'none'; style-src 'self'; img-src 'self'{logo_origin}; "
+            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        ),
+        "X-Content-Type-Options": "nosniff",
+        "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+    }
+    pages = Environment(
+        loader=PackageLoader("closeloop.web", "templates"),
+        autoescape=select_autoescape(["html"]),
+        auto_reload=False,
+    )
+    stylesheet = (resources.files("closeloop.web") / "static" / "app.css").read_text()
+    brand_css = f":root {{ --brand: {brand.color}; --brand-ink: {brand.ink}; }}\n"
+
+    def page(
+        template: str, locale: str, title: str, status: int = 200, **context: Any
+    ) -> HTMLResponse:
+        t = partial(text, locale)
+        html = pages.get_template(f"miniapp/{template}.html").render(
+            locale=locale, t=t, brand=brand, title=t(title, brand=brand.name), **context
+        )
+        return HTMLResponse(html, status_code=status, headers=headers)
+
+    def message(locale: str, title: str, *paragraphs: str, status: int = 200) -> HTMLResponse:
+        t = partial(text, locale)
+        return page("message", locale, title, status, paragraphs=[t(p) for p in paragraphs])
+
+    def with_session(response: Response, session: Session) -> Response:
+        response.set_cookie(
+            COOKIE,
+            session.id,
+            httponly=True,
+            secure=True,  # a __Host- cookie must be; browsers count localhost as secure
+            samesite="lax",
+            path="/",
+        )
+        return response
+
+    def locale_of(case: Case) -> str:
+        locale = str(case.account.get("locale") or "en")
+        return locale if locale in LOCALES else "en"
+
+    def current(request: Request) -> Session | None:
+        return app.sessions.find(request.cookies.get(COOKIE))
+
+    def csrf_ok(session: Session, form: dict[str, str]) -> bool:
+        return hmac.compare_digest(form.get("csrf", ""), session.csrf)
+
+    # -- assets (no personal data: cacheable) ---------------------------------
+    @routes.get("/m/assets/app.css", include_in_schema=False)
+    def app_css() -> Response:
+        return Response(
+            stylesheet, media_type="text/css", headers={"Cache-Control": "max-age=3600"}
+        )
+
+    @routes.get("/m/assets/brand.css", include_in_schema=False)
+    def brand_stylesheet() -> Response:
+        return Response(brand_css, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
+
+    # -- the session's page ---------------------------------------------------------
+    @routes.get("/m", response_class=HTMLResponse, include_in_schema=False)
+    def home(request: Request) -> Response:
+        session = current(request)
+        if session is None:
+            locale = pick(request.headers.get("accept-language"))
+            return message(locale, "expired.title", "expired.text", status=401)
+        return show(session, app.runtime.case(session.case_id))
+
+    def show(
+        session: Session, case: Case, *, error: str = "", error_field: str = "", status: int = 200
+    ) -> HTMLResponse:
+        locale = locale_of(case)
+        if case.status in (Status.WRITING_BACK, Status.RESOLVED) and case.outcome:
+            return page("done", locale, "done.title", reference=reference(case))
+        if case.status is Status.EXCEPTION and case.identity_failures:
+            return message(locale, "locked.title", "locked.text", status=403)
+        if case.status.terminal or case.status is Status.WRITING_BACK:
+            return message(locale, "closed.title", "closed.text", status=410)
+        name = str(case.account.get("first_name") or "")
+        if not session.verified:
+            facts = app.runtime.spec_for(case).spec.identity.known_facts
+            return page(
+                "identity",
+                locale,
+                "identity.title",
+                status,
+                greeting=mask(name),
+                csrf=session.csrf,
+                error=error,
+                facts=[
+                    {"name": f, "inputmode": _INPUTS[f][0], "autocomplete": _INPUTS[f][1]}
+                    for f in facts
+                ],
+            )
+        offered = app.service.options(case.id)
+        due = case.data.get("amount_due")
+        return page(
+            "options",
+            locale,
+            "options.title",
+            status,
+            name=name,
+            due=_money(due) if due is not None else "",
+            csrf=session.csrf,
+            nonce=secrets.token_urlsafe(16),
+            error=error,
+            error_field=error_field,
+            options=[_shown(o, locale) for o in offered],
+        )
+
+    # -- identity -------------------------------------------------------------------
+    @routes.post("/m/identity", response_class=HTMLResponse, include_in_schema=False)
+    async def identity(request: Request) -> Response:
+        form = await _form(request)
+        session = current(request)
+        if session is None:
+            locale = pick(request.headers.get("accept-language"))
+            return message(locale, "expired.title", "expired.text", status=401)
+        case = app.runtime.case(session.case_id)
+        if not csrf_ok(session, form):
+            return show(session, case, error=text(locale_of(case), "stale.text"), status=403)
+        if session.verified:
+            return RedirectResponse("/m", status_code=303)
+        facts = app.runtime.spec_for(case).spec.identity.known_facts
+        answers: dict[str, str] = {str(f): form.get(f, "") for f in facts}
+        attempt = f"web:{session.id[:12]}:identity:{secrets.token_hex(8)}"
+        try:
+            passed = app.service.verify_identity(case.id, answers, key=attempt)
+        except StateError:
+            return show(session, app.runtime.case(case.id))
+        if passed:
+            fresh = app.sessions.rotate(session, level="known_facts")
+            return with_session(RedirectResponse("/m", status_code=303), fresh)
+        case = app.runtime.case(case.id)
+        limit = app.runtime.spec_for(case).spec.identity.max_attempts
+        left = max(0, limit - case.identity_failures)
+        if case.status.terminal:
+            app.sessions.end(session)
+            return show(session, case)
+        error = text(locale_of(case), "identity.mismatch", left=left)
+        return show(session, case, error=error, status=422)
+
+    # -- outcomes -------------------------------------------------------------------
+    @routes.post("/m/submit", response_class=HTMLResponse, include_in_schema=False)
+    async def submit(request: Request) -> Response:
+        form = await _form(request)
+        session = current(request)
+        if session is None:
+            locale = pick(request.headers.get("accept-language"))
+            return message(locale, "expired.title", "expired.text", status=401)
+        case = app.runtime.case(session.case_id)
+        locale = locale_of(case)
+        if not csrf_ok(session, form):
+            return show(session, case, error=text(locale, "stale.text"), status=403)
+        if not session.verified:
+            return show(session, case, status=403)
+        offered = {o.kind: o for o in app.service.options(case.id)}
+        option = offered.get(form.get("option", ""))
+        nonce = form.get("nonce", "")
+        if option is None or option.kind != "pay_now" or not nonce:
+            return show(session, case, error=text(locale, "stale.text"), status=422)
+        amount = _amount(form.get("amount", ""))
+        low, high = option.minimum, option.maximum
+        if (
+            amount is None
+            or (low is not None and amount < low)
+            or (high is not None and amount > high)
+        ):
+            error = text(locale, "amount.invalid", minimum=_money(low), maximum=_money(high))
+            return show(session, case, error=error, error_field="amount", status=422)
+        try:
+            app.service.submit(
+                case.id, "pay_now", {"amount": str(amount)}, key=f"web:{case.id}:{nonce}"
+            )
+        except StateError as exc:
+            if "one-time code" in str(exc):
+                error = text(locale, "step_up.needed")
+            else:
+                error = text(locale, "refused.text", reason=str(exc))
+            return show(
+                session, app.runtime.case(case.id), error=error, error_field="amount", status=422
+            )
+        return RedirectResponse("/m", status_code=303)
+
+    # -- the link -------------------------------------------------------------------
+    @routes.get("/m/{token}", response_class=HTMLResponse, include_in_schema=False)
+    def landing(token: str, request: Request) -> HTMLResponse:
+        locale = pick(request.headers.get("accept-language"))
+        return page("landing", locale, "landing.title", action=f"/m/{token}")
+
+    @routes.post("/m/{token}", response_class=HTMLResponse, include_in_schema=False)
+    def open_link(token: str, request: Request) -> Response:
+        started = time.monotonic()
+        locale = pick(request.headers.get("accept-language"))
+        try:  # each POST is its own use: a link opens one session, once
+            visit = app.service.redeem(token, key=f"web:open:{secrets.token_hex(12)}")
+        except NotFound:
+            if current(request) is not None:  # a double tap: the first one got through
+                return RedirectResponse("/m", status_code=303)
+            time.sleep(max(0.0, started + FAILURE_FLOOR - time.monotonic()))
+            return message(locale, "invalid.title", "invalid.text", status=404)
+        except StateError:
+            time.sleep(max(0.0, started + FAILURE_FLOOR - time.monotonic()))
+            return message(locale, "closed.title", "closed.text", status=410)
+        session = app.sessions.start(visit.case_id, visit.channel)
+        return with_session(RedirectResponse("/m", status_code=303), session)
+
+    return routes
+
+
+async def _form(request: Request) -> dict[str, str]:
+    form = await request.form()
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _amount(value: str) -> Decimal | None:
+    cleaned = value.strip().replace(",", "").removeprefix("$").strip()
+    try:
+        amount = Decimal(cleaned)
+    except InvalidOperation:
+        return None
+    if not amount.is_finite() or amount <= 0 or amount != amount.quantize(_CENT):
+        return None
+    return amount
+
+
+def _money(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"${Decimal(str(value)).quantize(_CENT, rounding=ROUND_HALF_UP):,}"
+
+
+def _shown(option: OfferedOption, locale: str) -> dict[str, Any]:
+    label = (
+        option.label
+        if locale == "en"
+        else text(locale, f"option.{option.kind}", default=option.label)
+    )
+    return {
+        "kind": option.kind,
+        "label": label,
+        "minimum": _money(option.minimum),
+        "maximum": _money(option.maximum),
+        "maximum_plain": str(option.maximum) if option.maximum is not None else "",
+    }
+
+
+def reference(case: Case) -> str:
+    """What the customer quotes to us: short, unambiguous, tied to the case."""
+    digest = hashlib.sha256(case.id.encode()).hexdigest()[:8].upper()
+    return f"CL-{digest[:4]}-{digest[4:]}"

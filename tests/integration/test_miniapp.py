@@ -1,0 +1,301 @@
+"""The mini-app over HTTP: links, sessions, identity, options and outcomes."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from closeloop.app import App, Settings, build
+from closeloop.app.bootstrap import identity_key
+from closeloop.clock import SimClock
+from closeloop.engine import Status
+from closeloop.errors import InputError
+from closeloop.web import create_api
+from closeloop.web.cards import RedactCardNumbers, has_card_number, luhn
+from closeloop.web.miniapp import COOKIE, FAILURE_FLOOR
+from tests.conftest import EXAMPLE, NOW
+from tests.integration.test_runtime import ACCOUNT, trigger
+
+RIGHT = {"date_of_birth": "1980-02-03", "postal_code": "10001"}
+WRONG = {"date_of_birth": "1980-02-04", "postal_code": "10001"}
+
+
+@pytest.fixture
+def clock() -> SimClock:
+    return SimClock(NOW)
+
+
+@pytest.fixture
+def app(database_url: str, tmp_path: Path, clock: SimClock) -> Iterator[App]:
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        workflows=[EXAMPLE],
+        public_url="https://pay.example",
+        brand_name="Acme Card",
+    )
+    built = build(settings, clock=clock)
+    built.ledger.add_accounts(
+        [ACCOUNT, {**ACCOUNT, "account_id": "A2", "first_name": "Lucía", "locale": "es"}]
+    )
+    yield built
+    built.close()
+
+
+def browser(app: App) -> TestClient:
+    return TestClient(create_api(app), base_url="https://pay.example", follow_redirects=False)
+
+
+def opened(app: App, account: str = "A1", trigger_id: str = "t1") -> tuple[str, str]:
+    (result,) = app.runtime.intake([trigger(trigger_id, account=account)])
+    assert result.case_id is not None
+    return result.case_id, app.service.issue_link(result.case_id, "sms")
+
+
+def path(link: str) -> str:
+    return link.removeprefix("https://pay.example")
+
+
+def csrf(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, page
+    return found.group(1)
+
+
+def field(page: str, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]*)"', page)
+    assert found, page
+    return found.group(1)
+
+
+def signed_in(app: App, client: TestClient, link: str) -> str:
+    """Open the link, pass identity; return the options page."""
+    assert client.post(path(link)).status_code == 303
+    page = client.get("/m").text
+    assert client.post("/m/identity", data={**RIGHT, "csrf": csrf(page)}).status_code == 303
+    return client.get("/m").text
+
+
+def history(app: App, case_id: str) -> list[dict[str, object]]:
+    with app.store.read() as tx:
+        return tx.history(case_id)
+
+
+def test_a_get_never_uses_the_link_nor_tells_if_it_is_good(app: App) -> None:
+    case_id, link = opened(app)
+    client = browser(app)
+    good, bogus = client.get(path(link)), client.get("/m/not-a-real-token-at-all")
+    assert good.status_code == bogus.status_code == 200
+    assert good.text.replace(path(link), "X") == bogus.text.replace(
+        "/m/not-a-real-token-at-all", "X"
+    )
+    assert "Ana" not in good.text and "120.50" not in good.text
+    assert [h["kind"] for h in history(app, case_id)].count("link_opened") == 0
+    assert client.post(path(link)).status_code == 303  # still unused after the GETs
+
+
+def test_the_post_uses_the_link_once_and_sets_a_host_cookie(app: App) -> None:
+    case_id, link = opened(app)
+    client = browser(app)
+    answer = client.post(path(link))
+    assert answer.status_code == 303 and answer.headers["location"] == "/m"
+    cookie = answer.headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE}=")
+    for attribute in ("HttpOnly", "Secure", "Path=/", "SameSite=lax"):
+        assert attribute.lower() in cookie.lower()
+    assert "domain=" not in cookie.lower()  # __Host-: no Domain
+    assert [h["kind"] for h in history(app, case_id)].count("link_opened") == 1
+
+
+def test_unknown_expired_and_used_links_answer_alike(app: App, clock: SimClock) -> None:
+    _, used = opened(app, trigger_id="t1")
+    _, expiring = opened(app, trigger_id="t2")
+    client = browser(app)
+    assert client.post(path(used)).status_code == 303
+    clock.advance(timedelta(hours=73))  # past the 72 h lifetime
+    stranger = browser(app)  # no session: a double tap would be sent to its page
+    stranger.post("/m/warm-up-token")  # the first failure also compiles its page
+    answers, took = [], []
+    for link in (used, expiring, "https://pay.example/m/never-issued-token"):
+        started = time.monotonic()
+        answers.append(stranger.post(path(link)))
+        took.append(time.monotonic() - started)
+    assert {a.status_code for a in answers} == {404}
+    assert len({a.text for a in answers}) == 1
+    assert min(took) >= FAILURE_FLOOR and max(took) - min(took) < 0.1
+
+
+def test_before_identity_only_a_masked_greeting_shows(app: App) -> None:
+    _, link = opened(app)
+    client = browser(app)
+    client.post(path(link))
+    page = client.get("/m")
+    assert page.status_code == 200
+    assert "A***" in page.text and "Ana" not in page.text
+    assert "120.50" not in page.text and "Pay now" not in page.text
+    assert 'autocomplete="bday"' in page.text and 'for="date_of_birth"' in page.text
+
+
+def test_wrong_facts_never_say_which_and_lock_after_three(app: App) -> None:
+    case_id, link = opened(app)
+    client = browser(app)
+    client.post(path(link))
+    token = csrf(client.get("/m").text)
+    texts = []
+    for left in (2, 1):
+        answer = client.post("/m/identity", data={**WRONG, "csrf": token})
+        assert answer.status_code == 422
+        assert f"Attempts left: {left}." in answer.text
+        assert "date" not in answer.text.split('role="alert">')[1].split("</p>")[0].lower()
+        texts.append(answer.text)
+    locked = client.post("/m/identity", data={**WRONG, "csrf": token})
+    assert locked.status_code == 403 and "could not confirm it is you" in locked.text
+    case = app.runtime.case(case_id)
+    assert case.status is Status.EXCEPTION
+    kinds = [h["kind"] for h in history(app, case_id)]
+    assert kinds.count("identity_failed") == 3  # every attempt is in the history
+    assert client.get("/m").status_code == 401  # the session ended with the lock
+
+
+def test_passing_identity_starts_a_new_session(app: App) -> None:
+    case_id, link = opened(app)
+    client = browser(app)
+    client.post(path(link))
+    before = client.cookies.get(COOKIE)
+    page = client.get("/m").text
+    answer = client.post("/m/identity", data={**RIGHT, "csrf": csrf(page)})
+    assert answer.status_code == 303
+    after = client.cookies.get(COOKIE)
+    assert after and after != before
+    options = client.get("/m")
+    assert "Ana" in options.text and "$120.50" in options.text
+    stale = browser(app)
+    stale.cookies.set(COOKIE, before or "", domain="pay.example")
+    assert stale.get("/m").status_code == 401  # the id from before verification is dead
+    assert [h["kind"] for h in history(app, case_id)].count("identity_passed") == 1
+
+
+def test_a_form_without_the_sessions_csrf_token_changes_nothing(app: App) -> None:
+    case_id, link = opened(app)
+    client = browser(app)
+    client.post(path(link))
+    answer = client.post("/m/identity", data={**RIGHT, "csrf": "forged"})
+    assert answer.status_code == 403 and "out of date" in answer.text
+    assert not [h for h in history(app, case_id) if str(h["kind"]).startswith("identity_")]
+    page = signed_in(app, browser(app), app.service.issue_link(case_id, "sms"))
+    assert "Pay now" in page
+
+
+def test_paying_within_bounds_resolves_once_even_when_submitted_twice(app: App) -> None:
+    case_id, link = opened(app)
+    client = browser(app)
+    page = signed_in(app, client, link)
+    form = {"csrf": csrf(page), "nonce": field(page, "nonce"), "option": "pay_now"}
+    low = client.post("/m/submit", data={**form, "amount": "1.00"})
+    assert low.status_code == 422 and "from $30.13 to $120.50" in low.text
+    assert 'aria-invalid="true"' in low.text
+    first = client.post("/m/submit", data={**form, "amount": "100.00"})
+    again = client.post("/m/submit", data={**form, "amount": "100.00"})  # a double tap
+    assert first.status_code == again.status_code == 303
+    done = client.get("/m")
+    assert "it is done" in done.text and re.search(r"CL-[0-9A-F]{4}-[0-9A-F]{4}", done.text)
+    submitted = [h for h in history(app, case_id) if h["kind"] == "outcome_submitted"]
+    assert len(submitted) == 1
+    assert app.runtime.case(case_id).status is Status.WRITING_BACK
+
+
+def test_an_amount_that_needs_a_one_time_code_is_refused_plainly(app: App) -> None:
+    (result,) = app.runtime.intake([trigger("t9", amount="900.00")])
+    assert result.case_id is not None
+    client = browser(app)
+    page = signed_in(app, client, app.service.issue_link(result.case_id, "sms"))
+    form = {"csrf": csrf(page), "nonce": field(page, "nonce"), "option": "pay_now"}
+    answer = client.post("/m/submit", data={**form, "amount": "900.00"})
+    assert answer.status_code == 422 and "one-time code" in answer.text
+    assert app.runtime.case(result.case_id).status is not Status.WRITING_BACK
+
+
+def test_sessions_end_after_30_idle_minutes_and_after_12_hours(app: App, clock: SimClock) -> None:
+    _, link = opened(app)
+    client = browser(app)
+    signed_in(app, client, link)
+    clock.advance(timedelta(minutes=29))
+    assert client.get("/m").status_code == 200
+    clock.advance(timedelta(minutes=31))
+    assert client.get("/m").status_code == 401
+    _, link = opened(app, trigger_id="t2")
+    client = browser(app)
+    started = clock.now()
+    signed_in(app, client, link)
+    seen = []
+    for _ in range(12 * 3 + 1):  # busy all the time, 20 minutes apart
+        clock.advance(timedelta(minutes=20))
+        seen.append((clock.now() - started, client.get("/m").status_code))
+    assert all(code == 200 for took, code in seen if took <= timedelta(hours=12))
+    assert all(code == 401 for took, code in seen if took > timedelta(hours=12))
+
+
+def test_pages_with_personal_data_are_not_stored_nor_referred(app: App) -> None:
+    _, link = opened(app)
+    client = browser(app)
+    signed_in(app, client, link)
+    page = client.get("/m")
+    assert page.headers["cache-control"] == "no-store"
+    assert page.headers["referrer-policy"] == "no-referrer"
+    policy = page.headers["content-security-policy"]
+    for directive in ("default-src 'none'", "frame-ancestors 'none'", "form-action 'self'"):
+        assert directive in policy
+    assert "<script" not in page.text
+
+
+def test_a_spanish_customer_gets_spanish_pages(app: App) -> None:
+    _, link = opened(app, account="A2", trigger_id="t5")
+    client = browser(app)
+    client.post(path(link))
+    page = client.get("/m").text
+    assert '<html lang="es">' in page and "confirme que es usted" in page
+    assert "L***" in page
+    options = signed_in(app, browser(app), app.service.issue_link(opened(app, "A2", "t6")[0]))
+    assert "Pagar ahora" in options
+
+
+def test_card_numbers_are_refused_everywhere_and_kept_out_of_logs(app: App) -> None:
+    client = browser(app)
+    body = {"id": "t1", "type": "payment.failed", "data": {"note": "card 4111 1111 1111 1111"}}
+    refused = client.post("/v1/triggers", json=body)
+    assert refused.status_code == 400 and "4111" not in refused.text
+    assert client.get("/m/x", params={"q": "4111-1111-1111-1111"}).status_code == 400
+    assert client.get("/m/4111111111111111").status_code == 400
+    assert client.post("/m/identity", data={"postal_code": "4111111111111111"}).status_code == 400
+    not_a_card = client.get("/m/x", params={"q": "4111111111111112"})  # fails Luhn
+    assert not_a_card.status_code == 200
+    text = client.get("/metrics").text
+    assert 'closeloop_card_numbers_refused_total{where="body"} 2.0' in text
+    assert 'closeloop_card_numbers_refused_total{where="query"} 1.0' in text
+    assert 'closeloop_card_numbers_refused_total{where="path"} 1.0' in text
+    record = logging.LogRecord(
+        "uvicorn.access", 20, "", 0, '%s "%s"', ("1.2.3.4", "GET /m/4111111111111111"), None
+    )
+    RedactCardNumbers().filter(record)
+    assert "4111111111111111" not in record.getMessage()
+    assert luhn("79927398713") and not luhn("79927398710")
+    assert has_card_number("5500 0000 0000 0004") and not has_card_number("2026-03-02 15:00")
+
+
+def test_the_identity_key_is_made_once_and_bad_keys_are_refused(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    first = identity_key(settings)
+    assert len(first) == 32 and identity_key(settings) == first
+    key_file = tmp_path / "keys" / "identity.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(InputError, match="64 hexadecimal digits"):
+        identity_key(Settings(data_dir=tmp_path, identity_key="abc"))
+    given = "ab" * 32
+    assert identity_key(Settings(data_dir=tmp_path, identity_key=given)) == bytes.fromhex(given)
