@@ -121,7 +121,7 @@ STATE = (
     '"balance": 250.0, "state": "NY", "product": "card", "days_past_due": 5, '
     '"first_name": "Ana"}, "time_zone": "America/New_York", "next_step": %d, '
     '"link_opened": false, "verified": false, "identity_level": "none", '
-    '"identity_failures": 0, "outcome": %s, "submission": {}, "touches": %d, '
+    '"identity_failures": 0, "code_failures": 0, "outcome": %s, "submission": {}, "touches": %d, '
     '"agent_touched": false, "reason": null, "contacts": [{"channel": "email", '
     '"address": "a%d@example.com", "consent": true}, {"channel": "sms", "address": '
     '"+12125550123", "consent": true}, {"channel": "whatsapp", "address": "+12125550123", '

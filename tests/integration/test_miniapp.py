@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from closeloop.app import App, Settings, build
@@ -211,15 +212,77 @@ def test_paying_within_bounds_resolves_once_even_when_submitted_twice(app: App) 
     assert app.runtime.case(case_id).status is Status.WRITING_BACK
 
 
-def test_an_amount_that_needs_a_one_time_code_is_refused_plainly(app: App) -> None:
-    (result,) = app.runtime.intake([trigger("t9", amount="900.00")])
+def big_payment(app: App, trigger_id: str = "t9") -> tuple[str, TestClient, dict[str, str]]:
+    """A case owing 900.00, signed in, with a payment of 900.00 asked for."""
+    (result,) = app.runtime.intake([trigger(trigger_id, amount="900.00")])
     assert result.case_id is not None
     client = browser(app)
     page = signed_in(app, client, app.service.issue_link(result.case_id, "sms"))
     form = {"csrf": csrf(page), "nonce": field(page, "nonce"), "option": "pay_now"}
-    answer = client.post("/m/submit", data={**form, "amount": "900.00"})
-    assert answer.status_code == 422 and "one-time code" in answer.text
-    assert app.runtime.case(result.case_id).status is not Status.WRITING_BACK
+    asked = client.post("/m/submit", data={**form, "amount": "900.00"})
+    assert asked.status_code == 200 and "•••• 0123" in asked.text
+    assert 'autocomplete="one-time-code"' in asked.text
+    return result.case_id, client, {**form, "amount": "900.00"}
+
+
+def codes_sent(app: App, case_id: str) -> list[str]:
+    return [
+        re.findall(r"\b\d{6}\b", m["body"])[0]
+        for m in app.sink.delivered_after(0)
+        if m["case_id"] == case_id and "code is" in m["body"]
+    ]
+
+
+def test_a_large_payment_needs_a_one_time_code_sent_to_the_phone_on_file(app: App) -> None:
+    case_id, client, form = big_payment(app)
+    (sms,) = [m for m in app.sink.delivered_after(0) if "code is" in m["body"]]
+    assert (sms["channel"], sms["address"]) == ("sms", "+12125550123")
+    (code,) = codes_sent(app, case_id)
+    with app.store.read() as tx:  # only a keyed hash of it is kept
+        stored = tx.c.execute(sa.text("SELECT code_hash FROM one_time_codes")).scalar_one()
+    assert len(stored) == 64 and code not in stored
+    before = client.cookies.get(COOKIE)
+    paid = client.post("/m/code", data={**form, "code": code})
+    assert paid.status_code == 303 and client.cookies.get(COOKIE) != before
+    assert "it is done" in client.get("/m").text
+    case = app.runtime.case(case_id)
+    assert case.status is Status.WRITING_BACK and case.identity_level == "one_time_code"
+    passed = [h for h in history(app, case_id) if h["kind"] == "identity_passed"]
+    assert [p["data"]["method"] for p in passed] == ["known_facts", "one_time_code"]  # type: ignore[index]
+
+
+def test_five_wrong_codes_lock_the_case(app: App) -> None:
+    case_id, client, form = big_payment(app)
+    (code,) = codes_sent(app, case_id)
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    for left in (4, 3, 2, 1):
+        answer = client.post("/m/code", data={**form, "code": wrong})
+        assert answer.status_code == 422 and f"Attempts left: {left}." in answer.text
+        assert "•••• 0123" in answer.text
+    locked = client.post("/m/code", data={**form, "code": wrong})
+    assert locked.status_code == 403
+    assert app.runtime.case(case_id).status is Status.EXCEPTION
+    failed = [h for h in history(app, case_id) if h["kind"] == "identity_failed"]
+    assert len(failed) == 5
+    assert client.post("/m/code", data={**form, "code": code}).status_code == 401
+
+
+def test_codes_expire_work_once_and_their_sends_are_capped(app: App, clock: SimClock) -> None:
+    case_id, client, form = big_payment(app)
+    (first,) = codes_sent(app, case_id)
+    clock.advance(timedelta(minutes=11))
+    late = client.post("/m/code", data={**form, "code": first})
+    assert late.status_code == 422 and "not right" in late.text
+    for sent in (2, 3):
+        again = client.post("/m/code/new", data=form)
+        assert again.status_code == 200 and "We sent a new code" in again.text
+        assert len(codes_sent(app, case_id)) == sent
+    capped = client.post("/m/code/new", data=form)
+    assert capped.status_code == 429 and "too many codes" in capped.text
+    assert len(codes_sent(app, case_id)) == 3
+    newest = codes_sent(app, case_id)[-1]
+    assert app.service.check_code(case_id, newest, key="first")
+    assert not app.service.check_code(case_id, newest, key="second")  # a code works once
 
 
 def test_sessions_end_after_30_idle_minutes_and_after_12_hours(app: App, clock: SimClock) -> None:

@@ -130,6 +130,22 @@ def test_identity_locks_after_max_attempts(compiled: CompiledSpec) -> None:
     )
 
 
+def test_wrong_codes_have_their_own_allowance(compiled: CompiledSpec) -> None:
+    case = verified(compiled)
+    facts = IdentityChecked(passed=False, method="known_facts")
+    code = IdentityChecked(passed=False, method="one_time_code", level="one_time_code")
+    case = step(case, facts, compiled, NOW).case
+    for wrong in range(1, 5):  # four wrong codes and one wrong fact: still open
+        case = step(case, code, compiled, NOW).case
+        assert (case.code_failures, case.identity_failures) == (wrong, 1)
+        assert case.status is not Status.EXCEPTION
+    locked = step(case, code, compiled, NOW)
+    assert locked.case.status is Status.EXCEPTION and locked.case.code_failures == 5
+    assert "one_time_code" in locked.history[-1].reason or any(
+        "one_time_code" in h.reason for h in locked.history
+    )
+
+
 def test_submission_needs_identity_and_bounds(compiled: CompiledSpec) -> None:
     case = opened(compiled).case
     assert (

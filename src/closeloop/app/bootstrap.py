@@ -212,6 +212,8 @@ def build(
         link_lifetime=lifetime,
         notice_version=settings.consent_notice_version,
         identity_key=identity_key(settings),
+        send=dispatcher.send_now,
+        sender_name=settings.brand_name or settings.program_name,
     )
     inbound = Inbound(
         runtime,

@@ -253,6 +253,15 @@ class Dispatcher:
         tally.count(self.telemetry)
         return len(claimed)
 
+    def send_now(self, message: OutgoingMessage) -> SendResult:
+        """Send one message at once, outside the outbox (a one-time code the customer asked for)."""
+        channel = self.channels.get(message.channel)
+        if channel is None:
+            return SendResult(status="failed", reason=f"no {message.channel} channel")
+        result = channel.send(message)
+        settle([channel])
+        return result
+
     def _send_all(
         self, outgoing: list[tuple[OutboxItem, Channel, OutgoingMessage]]
     ) -> list[SendResult]:

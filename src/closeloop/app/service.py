@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -17,8 +17,10 @@ from typing import Any
 from closeloop import policy
 from closeloop.app import links
 from closeloop.app.runtime import Runtime
+from closeloop.channels import OutgoingMessage, SendResult
 from closeloop.contact import ConsentRecord
 from closeloop.engine import (
+    Case,
     Decision,
     Disputed,
     IdentityChecked,
@@ -29,6 +31,48 @@ from closeloop.engine import (
 from closeloop.errors import NotFound, StateError
 
 _SAME_RESPONSE = "this link is not valid; ask for a new one"
+
+
+CODE_LIFETIME = timedelta(minutes=10)
+CODE_SENDS = 3  # codes per case ...
+CODE_WINDOW = timedelta(minutes=15)  # ... in this long
+_CODE_TEXT = {
+    "en": {
+        "subject": "{brand}: your one-time code",
+        "body": "{brand}: your code is {code}. It expires in 10 minutes. "
+        "We will never ask you for it.",
+    },
+    "es": {
+        "subject": "{brand}: su código de un solo uso",
+        "body": "{brand}: su código es {code}. Caduca en 10 minutos. Nunca se lo pediremos.",
+    },
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CodeSent:
+    channel: str
+    to: str  # masked: "•••• 0123", "a•••@example.com"
+
+
+def _code_target(case: Case, channel: str) -> tuple[str, str] | None:
+    """Where a code goes: the link's channel when it has an address, else a phone, else email."""
+    contacts = {c.channel: c.address for c in case.contacts}
+    phone = contacts.get("sms") or contacts.get("whatsapp")
+    if channel == "email" and contacts.get("email"):
+        return "email", contacts["email"]
+    if phone:
+        return "sms", phone
+    if contacts.get("email"):
+        return "email", contacts["email"]
+    return None
+
+
+def _masked(channel: str, address: str) -> str:
+    if channel == "email":
+        local, _, domain = address.partition("@")
+        return f"{local[:1]}•••@{domain}"
+    return f"•••• {address[-4:]}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,9 +92,13 @@ class CustomerService:
         link_lifetime: timedelta,
         notice_version: str | None = None,
         identity_key: bytes | None = None,
+        send: Callable[[OutgoingMessage], SendResult] | None = None,
+        sender_name: str = "closeloop",
     ) -> None:
         self.runtime = runtime
         self.identity_key = identity_key or secrets.token_bytes(32)
+        self.send = send  # one-time codes go out at once, through the channel layer
+        self.sender_name = sender_name
         self.public_url = public_url
         self.link_lifetime = link_lifetime
         self.notice_version = notice_version  # recorded with every consent change
@@ -119,6 +167,79 @@ class CustomerService:
             )
         )
         return passed
+
+    # -- one-time codes -------------------------------------------------------
+    def send_code(self, case_id: str, channel: str, *, locale: str = "en") -> CodeSent:
+        """Send a fresh 6-digit code to a contact point on file (the link's channel first).
+
+        At most `CODE_SENDS` codes per case in `CODE_WINDOW`; a code is valid for
+        `CODE_LIFETIME`, once, and only its keyed hash is stored. Raises
+        StateError when the cap is reached or no contact point can take it.
+        """
+        if self.send is None:
+            raise StateError("one-time codes cannot be sent: no channel is configured")
+        case = self.runtime.case(case_id)
+        target = _code_target(case, channel)
+        if target is None:
+            raise StateError("there is no phone or email on file to send a code to")
+        via, address = target
+        now = self.runtime.clock.now()
+        code = f"{secrets.randbelow(10**6):06d}"
+        with self.runtime.store.transaction() as tx:
+            if tx.codes_sent_since(case_id, now - CODE_WINDOW) >= CODE_SENDS:
+                raise StateError("too many codes were sent; wait a few minutes")
+            tx.save_code(
+                {
+                    "case_id": case_id,
+                    "channel": via,
+                    "address": address,
+                    "code_hash": self._keyed(code).hex(),
+                    "created_at": now,
+                    "expires_at": now + CODE_LIFETIME,
+                    "used_at": None,
+                }
+            )
+        words = _CODE_TEXT.get(locale, _CODE_TEXT["en"])
+        result = self.send(
+            OutgoingMessage(
+                idempotency_key=f"{case_id}.code.{secrets.token_hex(8)}",
+                case_id=case_id,
+                channel=via,
+                address=address,
+                subject=words["subject"].format(brand=self.sender_name),
+                body=words["body"].format(brand=self.sender_name, code=code),
+                link="",
+            )
+        )
+        if result.status != "sent":
+            raise StateError(f"the code could not be sent: {result.reason or result.status}")
+        return CodeSent(channel=via, to=_masked(via, address))
+
+    def code_destination(self, case_id: str, channel: str) -> str:
+        """Where codes for this case go, masked ("•••• 0123"); empty if nowhere."""
+        target = _code_target(self.runtime.case(case_id), channel)
+        return _masked(*target) if target else ""
+
+    def check_code(self, case_id: str, code: str, *, key: str) -> bool:
+        """Check a one-time code; every check, right or wrong, is in the case's history."""
+        now = self.runtime.clock.now()
+        with self.runtime.store.transaction() as tx:
+            live = tx.live_code(case_id, now)
+            given = self._keyed("".join(ch for ch in code if ch.isdigit()))
+            passed = (
+                live is not None
+                and hmac.compare_digest(given.hex(), live["code_hash"])
+                and tx.use_code(live["id"], now)
+            )
+            event = IdentityChecked(
+                passed=bool(passed),
+                method="one_time_code",
+                level="one_time_code",
+                actor="customer",
+                key=key,
+            )
+            self._checked(self.runtime.apply(case_id, event, tx=tx))
+        return bool(passed)
 
     def options(self, case_id: str) -> list[policy.OfferedOption]:
         case = self.runtime.case(case_id)

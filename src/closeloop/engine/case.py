@@ -72,6 +72,7 @@ class Case:
     verified: bool = False
     identity_level: str = "none"
     identity_failures: int = 0
+    code_failures: int = 0  # wrong one-time codes
     outcome: str | None = None
     submission: Mapping[str, Any] = field(default_factory=dict)
     pending_writebacks: tuple[str, ...] = ()

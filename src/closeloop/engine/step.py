@@ -314,12 +314,21 @@ def _identity(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
         d.change(verified=True, identity_level=event.level)
         d.record("identity_passed", event.actor, "", method=event.method, level=event.level)
         return None
-    failures = d.case.identity_failures + 1
-    d.change(identity_failures=failures)
+    identity = compiled.spec.identity
+    if event.method == "one_time_code":  # wrong codes have their own, larger allowance
+        failures, limit = d.case.code_failures + 1, identity.code_attempts
+        d.change(code_failures=failures)
+    else:
+        failures, limit = d.case.identity_failures + 1, identity.max_attempts
+        d.change(identity_failures=failures)
     d.record("identity_failed", event.actor, f"attempt {failures}", method=event.method)
-    if failures >= compiled.spec.identity.max_attempts:
+    if failures >= limit:
         _exception(
-            d, compiled, "identity_locked", f"{failures} failed identity attempts", actor="policy"
+            d,
+            compiled,
+            "identity_locked",
+            f"{failures} failed identity attempts ({event.method})",
+            actor="policy",
         )
     return None
 

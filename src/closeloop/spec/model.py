@@ -107,6 +107,9 @@ class StepUp(SpecModel):
 class Identity(SpecModel):
     known_facts: list[KnownFact] = Field(default_factory=list)
     max_attempts: int = Field(default=3, ge=1, le=10)
+    code_attempts: int = Field(
+        default=5, ge=1, le=10, description="wrong one-time codes before the case locks"
+    )
     step_up: list[StepUp] = Field(default_factory=list)
 
 

@@ -43,6 +43,7 @@ _STATE_FIELDS = (
     "verified",
     "identity_level",
     "identity_failures",
+    "code_failures",
     "outcome",
     "submission",
     "touches",

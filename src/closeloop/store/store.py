@@ -40,6 +40,7 @@ from closeloop.store.tables import (
     delivery_receipts,
     inbound_messages,
     miniapp_sessions,
+    one_time_codes,
     outbox,
     timers,
     unsubscribe_tokens,
@@ -733,6 +734,41 @@ class Tx:
             miniapp_sessions.update()
             .where(miniapp_sessions.c.id_hash == id_hash, miniapp_sessions.c.ended_at.is_(None))
             .values(ended_at=now)
+        )
+        return result.rowcount == 1
+
+    # -- one-time codes ------------------------------------------------------
+    def save_code(self, row: dict[str, Any]) -> None:
+        self.c.execute(one_time_codes.insert(), row)
+
+    def codes_sent_since(self, case_id: str, since: datetime) -> int:
+        stmt = (
+            sa.select(sa.func.count())
+            .select_from(one_time_codes)
+            .where(one_time_codes.c.case_id == case_id, one_time_codes.c.created_at > since)
+        )
+        return int(self.c.execute(stmt).scalar_one())
+
+    def live_code(self, case_id: str, now: datetime) -> dict[str, Any] | None:
+        """The newest code of the case that is unused and unexpired."""
+        stmt = (
+            sa.select(one_time_codes)
+            .where(
+                one_time_codes.c.case_id == case_id,
+                one_time_codes.c.used_at.is_(None),
+                one_time_codes.c.expires_at > now,
+            )
+            .order_by(one_time_codes.c.created_at.desc(), one_time_codes.c.id.desc())
+            .limit(1)
+        )
+        row = self.c.execute(stmt).first()
+        return dict(row._mapping) if row else None
+
+    def use_code(self, code_id: int, now: datetime) -> bool:
+        result = self.c.execute(
+            one_time_codes.update()
+            .where(one_time_codes.c.id == code_id, one_time_codes.c.used_at.is_(None))
+            .values(used_at=now)
         )
         return result.rowcount == 1
 

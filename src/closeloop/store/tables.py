@@ -164,6 +164,25 @@ miniapp_sessions = sa.Table(
     sa.Index("ix_miniapp_sessions_case", "case_id"),
 )
 
+one_time_codes = sa.Table(
+    "one_time_codes",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("case_id", sa.String(64), nullable=False),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("address", sa.String(320), nullable=False),
+    sa.Column("code_hash", sa.String(64), nullable=False),  # keyed: HMAC-SHA256
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("used_at", UTCDateTime),
+    sa.Index("ix_one_time_codes_case", "case_id", "created_at"),
+)
+
 backend_events = sa.Table(
     "backend_events",
     metadata,

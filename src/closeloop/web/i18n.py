@@ -52,6 +52,15 @@ TEXT: Mapping[str, Mapping[str, str]] = {
             "Paying more than this online needs a one-time code, which is not available "
             "here yet. Pay a smaller amount, or call us."
         ),
+        "code.title": "Enter the code we sent you",
+        "code.text": (
+            "To pay this much online we sent a 6-digit code to {to}. It works for 10 minutes."
+        ),
+        "code.label": "6-digit code",
+        "code.submit": "Confirm the payment of {amount}",
+        "code.new": "Send me a new code",
+        "code.wrong": "That code is not right. Attempts left: {left}.",
+        "code.again": "We sent a new code to {to}.",
         "done.title": "Thank you, it is done",
         "done.reference": "Your reference: {reference}",
         "done.next": (
@@ -109,6 +118,16 @@ TEXT: Mapping[str, Mapping[str, str]] = {
             "Pagar más de esta cantidad en línea requiere un código de un solo uso, que aún "
             "no está disponible aquí. Pague un importe menor o llámenos."
         ),
+        "code.title": "Escriba el código que le enviamos",
+        "code.text": (
+            "Para pagar esta cantidad en línea le enviamos un código de 6 dígitos a {to}. "
+            "Sirve durante 10 minutos."
+        ),
+        "code.label": "Código de 6 dígitos",
+        "code.submit": "Confirmar el pago de {amount}",
+        "code.new": "Enviarme un código nuevo",
+        "code.wrong": "Ese código no es correcto. Intentos restantes: {left}.",
+        "code.again": "Le enviamos un código nuevo a {to}.",
         "done.title": "Gracias, ya está hecho",
         "done.reference": "Su referencia: {reference}",
         "done.next": (

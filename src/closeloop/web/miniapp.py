@@ -171,7 +171,7 @@ def router(app: App) -> APIRouter:
         locale = locale_of(case)
         if case.status in (Status.WRITING_BACK, Status.RESOLVED) and case.outcome:
             return page("done", locale, "done.title", reference=reference(case))
-        if case.status is Status.EXCEPTION and case.identity_failures:
+        if case.status is Status.EXCEPTION and (case.identity_failures or case.code_failures):
             return message(locale, "locked.title", "locked.text", status=403)
         if case.status.terminal or case.status is Status.WRITING_BACK:
             return message(locale, "closed.title", "closed.text", status=410)
@@ -240,19 +240,23 @@ def router(app: App) -> APIRouter:
         return show(session, case, error=error, status=422)
 
     # -- outcomes -------------------------------------------------------------------
-    @routes.post("/m/submit", response_class=HTMLResponse, include_in_schema=False)
-    async def submit(request: Request) -> Response:
+    async def verified_request(request: Request) -> tuple[Session, Case, dict[str, str]] | Response:
+        """The session, its case and the form of a POST that needs a verified session."""
         form = await _form(request)
         session = current(request)
         if session is None:
             locale = pick(request.headers.get("accept-language"))
             return message(locale, "expired.title", "expired.text", status=401)
         case = app.runtime.case(session.case_id)
-        locale = locale_of(case)
         if not csrf_ok(session, form):
-            return show(session, case, error=text(locale, "stale.text"), status=403)
+            return show(session, case, error=text(locale_of(case), "stale.text"), status=403)
         if not session.verified:
             return show(session, case, status=403)
+        return session, case, form
+
+    def pay(session: Session, case: Case, form: dict[str, str]) -> Response:
+        """Submit a payment from `form`; ask for a one-time code when policy wants one."""
+        locale = locale_of(case)
         offered = {o.kind: o for o in app.service.options(case.id)}
         option = offered.get(form.get("option", ""))
         nonce = form.get("nonce", "")
@@ -267,19 +271,109 @@ def router(app: App) -> APIRouter:
         ):
             error = text(locale, "amount.invalid", minimum=_money(low), maximum=_money(high))
             return show(session, case, error=error, error_field="amount", status=422)
+        coded = session.level == "one_time_code"
         try:
             app.service.submit(
-                case.id, "pay_now", {"amount": str(amount)}, key=f"web:{case.id}:{nonce}"
+                case.id,
+                "pay_now",
+                {"amount": str(amount)},
+                key=f"web:{case.id}:{nonce}",
+                one_time_code_verified=coded,
             )
         except StateError as exc:
-            if "one-time code" in str(exc):
-                error = text(locale, "step_up.needed")
-            else:
-                error = text(locale, "refused.text", reason=str(exc))
+            if "one-time code" in str(exc) and not coded:
+                return ask_code(session, case, form, amount)
+            error = text(locale, "refused.text", reason=str(exc))
             return show(
                 session, app.runtime.case(case.id), error=error, error_field="amount", status=422
             )
         return RedirectResponse("/m", status_code=303)
+
+    def ask_code(
+        session: Session,
+        case: Case,
+        form: dict[str, str],
+        amount: Decimal,
+        *,
+        error: str = "",
+        notice: str = "",
+        to: str = "",
+        status: int = 200,
+    ) -> Response:
+        locale = locale_of(case)
+        if not to:
+            try:
+                sent = app.service.send_code(case.id, session.channel, locale=locale)
+            except StateError as exc:
+                error = text(locale, "refused.text", reason=str(exc))
+                return show(session, case, error=error, status=429)
+            to = sent.to
+        return page(
+            "code",
+            locale,
+            "code.title",
+            status,
+            to=to,
+            csrf=session.csrf,
+            nonce=form.get("nonce", ""),
+            option=form.get("option", ""),
+            amount=str(amount),
+            amount_shown=_money(amount),
+            error=error,
+            notice=notice,
+        )
+
+    @routes.post("/m/submit", response_class=HTMLResponse, include_in_schema=False)
+    async def submit(request: Request) -> Response:
+        checked = await verified_request(request)
+        if isinstance(checked, Response):
+            return checked
+        return pay(*checked)
+
+    @routes.post("/m/code", response_class=HTMLResponse, include_in_schema=False)
+    async def enter_code(request: Request) -> Response:
+        checked = await verified_request(request)
+        if isinstance(checked, Response):
+            return checked
+        session, case, form = checked
+        amount = _amount(form.get("amount", ""))
+        if amount is None:
+            return show(session, case, error=text(locale_of(case), "stale.text"), status=422)
+        attempt = f"web:{session.id[:12]}:code:{secrets.token_hex(8)}"
+        try:
+            passed = app.service.check_code(case.id, form.get("code", ""), key=attempt)
+        except StateError:
+            return show(session, app.runtime.case(case.id))
+        case = app.runtime.case(case.id)
+        if not passed:
+            if case.status.terminal:
+                app.sessions.end(session)
+                return show(session, case)
+            limit = app.runtime.spec_for(case).spec.identity.code_attempts
+            left = max(0, limit - case.code_failures)
+            error = text(locale_of(case), "code.wrong", left=left)
+            to = app.service.code_destination(case.id, session.channel)
+            return ask_code(session, case, form, amount, error=error, to=to, status=422)
+        fresh = app.sessions.rotate(session, level="one_time_code")
+        return with_session(pay(fresh, case, form), fresh)
+
+    @routes.post("/m/code/new", response_class=HTMLResponse, include_in_schema=False)
+    async def new_code(request: Request) -> Response:
+        checked = await verified_request(request)
+        if isinstance(checked, Response):
+            return checked
+        session, case, form = checked
+        amount = _amount(form.get("amount", ""))
+        if amount is None:
+            return show(session, case, error=text(locale_of(case), "stale.text"), status=422)
+        try:
+            sent = app.service.send_code(case.id, session.channel, locale=locale_of(case))
+        except StateError as exc:
+            error = text(locale_of(case), "refused.text", reason=str(exc))
+            to = app.service.code_destination(case.id, session.channel)
+            return ask_code(session, case, form, amount, error=error, to=to, status=429)
+        notice = text(locale_of(case), "code.again", to=sent.to)
+        return ask_code(session, case, form, amount, notice=notice, to=sent.to)
 
     # -- the link -------------------------------------------------------------------
     @routes.get("/m/{token}", response_class=HTMLResponse, include_in_schema=False)

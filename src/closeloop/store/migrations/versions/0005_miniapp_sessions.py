@@ -1,4 +1,4 @@
-"""Mini-app sessions, kept on the server.
+"""Mini-app sessions, kept on the server, and one-time codes.
 
 Revision ID: 0005
 Revises: 0004
@@ -29,8 +29,27 @@ def upgrade() -> None:
         sa.Column("ended_at", sa.DateTime(timezone=True)),
     )
     op.create_index("ix_miniapp_sessions_case", "miniapp_sessions", ["case_id"])
+    op.create_table(
+        "one_time_codes",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        sa.Column("case_id", sa.String(64), nullable=False),
+        sa.Column("channel", sa.String(16), nullable=False),
+        sa.Column("address", sa.String(320), nullable=False),
+        sa.Column("code_hash", sa.String(64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("used_at", sa.DateTime(timezone=True)),
+    )
+    op.create_index("ix_one_time_codes_case", "one_time_codes", ["case_id", "created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_one_time_codes_case", table_name="one_time_codes")
+    op.drop_table("one_time_codes")
     op.drop_index("ix_miniapp_sessions_case", table_name="miniapp_sessions")
     op.drop_table("miniapp_sessions")
