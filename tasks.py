@@ -4,6 +4,9 @@
     python3 tasks.py demo [demo options]   # set up, then `closeloop demo`
     python3 tasks.py test [pytest options] # set up, then lint, type-check, layer-check, test
 
+The test setup also installs Debian's `chromium` for the browser tests (with
+apt-get, as root or through sudo) when it is missing.
+
 Needs only Python 3.11+ and the package index. The environment lives in `.venv`
 and is reinstalled when `pyproject.toml` changes.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -42,8 +46,29 @@ def setup(extras: str) -> None:
     STAMP.write_text(digest)
 
 
+def browser() -> None:
+    """Install Debian's chromium for the browser tests, when it is missing and we can."""
+    if shutil.which("chromium") or os.environ.get("CLOSELOOP_CHROMIUM"):
+        return
+    if not shutil.which("apt-get"):
+        print("note: no chromium and no apt-get: the browser tests will skip", flush=True)
+        return
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    prefix = [] if root else ["sudo", "-n"] if shutil.which("sudo") else None
+    if prefix is None:
+        print("note: chromium is missing and cannot be installed here (not root)", flush=True)
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [*prefix, "apt-get", "install", "-y", "-q", "chromium"]
+    print("+", " ".join(install), flush=True)
+    if subprocess.run(install, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+        subprocess.run([*prefix, "apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(install, env=env, stdout=subprocess.DEVNULL)
+
+
 def test(args: list[str]) -> int:
     setup("dev,bench")
+    browser()
     steps: list[list[str | Path]] = [
         [BIN / "ruff", "check", "src", "tests", "benchmarks", "tasks.py"],
         [BIN / "mypy"],

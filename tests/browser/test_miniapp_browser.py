@@ -1,0 +1,142 @@
+"""A customer on a phone, in headless Chromium, through the mini-app over real HTTP."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from closeloop.app import App, Settings, build
+from closeloop.clock import SimClock
+from closeloop.engine import Status
+from closeloop.web import create_api
+from tests.browser.conftest import serious_violations
+from tests.conftest import EXAMPLE, NOW
+from tests.integration.test_runtime import ACCOUNT, trigger
+from tests.servers import Served, free_port
+
+
+@pytest.fixture
+def clock() -> SimClock:
+    return SimClock(NOW)
+
+
+@pytest.fixture
+def served(tmp_path: Path, clock: SimClock) -> Iterator[tuple[App, str]]:
+    port = free_port()
+    url = f"http://localhost:{port}"
+    settings = Settings(
+        data_dir=tmp_path, workflows=[EXAMPLE], public_url=url, brand_name="Acme Card"
+    )
+    app = build(settings, clock=clock)
+    app.ledger.add_accounts(
+        [ACCOUNT, {**ACCOUNT, "account_id": "A2", "first_name": "Lucía", "locale": "es"}]
+    )
+    server = Served(create_api(app), port)
+    yield app, url
+    server.stop()
+    app.close()
+
+
+def case_and_link(
+    app: App, amount: str = "120.50", account: str = "A1", ident: str = "t1"
+) -> tuple[str, str]:
+    (result,) = app.runtime.intake([trigger(ident, account=account, amount=amount)])
+    assert result.case_id is not None
+    return result.case_id, app.service.issue_link(result.case_id, "sms")
+
+
+def link_for(app: App, amount: str = "120.50", account: str = "A1", ident: str = "t1") -> str:
+    return case_and_link(app, amount, account, ident)[1]
+
+
+def accessible(page: Any) -> None:
+    assert serious_violations(page) == [], page.url
+
+
+def open_and_verify(page: Any, link: str, dob: str = "1980-02-03") -> None:
+    page.goto(link)
+    accessible(page)
+    page.get_by_role("button", name="Continue").click()
+    page.wait_for_url(re.compile(r"/m$"))
+    accessible(page)
+    page.get_by_label("Date of birth").fill(dob)
+    page.get_by_label("ZIP code").fill("10001")
+    page.get_by_role("button", name="Confirm").click()
+
+
+def test_paying_in_part_on_a_phone(served: tuple[App, str], phone: Any) -> None:
+    app, _ = served
+    case_id, link = case_and_link(app)
+    open_and_verify(phone, link)
+    assert phone.get_by_text("Amount due: $120.50").is_visible()
+    accessible(phone)
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scroll
+    phone.get_by_label(re.compile("Amount to pay")).fill("60.00")
+    phone.get_by_role("button", name="Pay").click()
+    phone.get_by_role("heading", name="Thank you, it is done").wait_for()
+    accessible(phone)
+    assert re.search(r"CL-[0-9A-F]{4}-[0-9A-F]{4}", phone.content())
+    assert app.runtime.case(case_id).status is Status.WRITING_BACK
+
+
+def test_wrong_facts_until_the_lock(served: tuple[App, str], phone: Any) -> None:
+    app, _ = served
+    open_and_verify(phone, link_for(app), dob="1999-09-09")
+    alert = phone.get_by_role("alert")
+    assert "Attempts left: 2." in alert.inner_text()
+    assert phone.get_by_label("Date of birth").get_attribute("aria-invalid") == "true"
+    accessible(phone)
+    for _ in range(2):
+        phone.get_by_label("Date of birth").fill("1999-09-09")
+        phone.get_by_label("ZIP code").fill("10001")
+        phone.get_by_role("button", name="Confirm").click()
+    phone.get_by_role("heading", name="We could not confirm it is you").wait_for()
+    accessible(phone)
+
+
+def test_a_large_payment_with_a_one_time_code(served: tuple[App, str], phone: Any) -> None:
+    app, _ = served
+    open_and_verify(phone, link_for(app, amount="900.00"))
+    phone.get_by_label(re.compile("Amount to pay")).fill("900.00")
+    phone.get_by_role("button", name="Pay").click()
+    phone.get_by_role("heading", name="Enter the code we sent you").wait_for()
+    accessible(phone)
+    (sms,) = [m for m in app.sink.delivered_after(0) if "code is" in m["body"]]
+    code = re.findall(r"\b\d{6}\b", sms["body"])[0]
+    phone.get_by_label("6-digit code").fill(code)
+    phone.get_by_role("button", name=re.compile("Confirm the payment")).click()
+    phone.get_by_role("heading", name="Thank you, it is done").wait_for()
+
+
+def test_an_expired_link_and_a_double_tap(
+    served: tuple[App, str], phone: Any, clock: SimClock
+) -> None:
+    app, _ = served
+    stale = link_for(app, ident="t-old")
+    clock.advance(timedelta(hours=73))
+    phone.goto(stale)
+    phone.get_by_role("button", name="Continue").click()
+    phone.get_by_role("heading", name="This link does not work").wait_for()
+    accessible(phone)
+    case_id, link = case_and_link(app, ident="t-new")
+    open_and_verify(phone, link)
+    phone.get_by_label(re.compile("Amount to pay")).fill("120.50")
+    phone.get_by_role("button", name="Pay").dblclick()
+    phone.get_by_role("heading", name="Thank you, it is done").wait_for()
+    with app.store.read() as tx:
+        kinds = [h["kind"] for h in tx.history(case_id)]
+    assert kinds.count("outcome_submitted") == 1
+
+
+def test_a_spanish_customer_reads_spanish(served: tuple[App, str], phone: Any) -> None:
+    app, _ = served
+    phone.goto(link_for(app, account="A2", ident="t-es"))
+    phone.get_by_role("button", name="Continue").click()
+    phone.get_by_role("heading", name="Primero, confirme que es usted").wait_for()
+    assert phone.get_attribute("html", "lang") == "es"
+    accessible(phone)
