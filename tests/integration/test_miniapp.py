@@ -130,7 +130,7 @@ def test_unknown_expired_and_used_links_answer_alike(app: App, clock: SimClock) 
         took.append(time.monotonic() - started)
     assert {a.status_code for a in answers} == {404}
     assert len({a.text for a in answers}) == 1
-    assert min(took) >= FAILURE_FLOOR and max(took) - min(took) < 0.1
+    assert min(took) >= FAILURE_FLOOR and max(took) - min(took) < 0.2
 
 
 def test_before_identity_only_a_masked_greeting_shows(app: App) -> None:
