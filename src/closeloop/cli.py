@@ -402,6 +402,42 @@ def sandbox_smtp(
         engine.dispose()
 
 
+@sandbox_cli.command("cards")
+def sandbox_cards(
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8091,
+    host: str = "127.0.0.1",
+    allow_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="an origin that may frame the card form (default: PUBLIC_URL)"),
+    ] = None,
+) -> None:
+    """Run the local card sandbox: hosted card fields and a token API, on their own origin.
+
+    Point closeloop at it with CLOSELOOP_CARD_FIELDS_URL=http://HOST:PORT and
+    CLOSELOOP_CARD_API_KEY (the same key; a made-up one is printed when unset).
+    """
+    import uvicorn
+
+    from closeloop.connectors.card_sandbox import CardSandbox
+    from closeloop.store.database import create_engine
+
+    settings = _settings()
+    key = settings.card_api_key.get_secret_value() if settings.card_api_key else "sandbox-card-key"
+    origins = allow_origin or [settings.public_url]
+    for given in origins:
+        if not given.startswith(("http://", "https://")):
+            raise InputError(
+                f"--allow-origin {given!r}: give an origin such as https://pay.example"
+            )
+    engine = create_engine(f"sqlite:///{settings.data_dir / 'cards.db'}")
+    sandbox = CardSandbox(engine, allowed_origins=origins, api_key=key)
+    err.print(f"card sandbox on http://{host}:{port} (framable by {', '.join(origins)}; key {key})")
+    try:
+        uvicorn.run(sandbox.app, host=host, port=port, log_level="warning")
+    finally:
+        engine.dispose()
+
+
 @sandbox_cli.command("twilio")
 def sandbox_twilio(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8089,

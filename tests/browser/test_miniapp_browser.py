@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from closeloop.app import App, Settings, build
 from closeloop.clock import SimClock
+from closeloop.connectors.card_sandbox import CardSandbox
 from closeloop.engine import Status
 from closeloop.web import create_api
 from tests.browser.conftest import serious_violations
@@ -29,8 +31,15 @@ def clock() -> SimClock:
 def served(tmp_path: Path, clock: SimClock) -> Iterator[tuple[App, str]]:
     port = free_port()
     url = f"http://localhost:{port}"
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'cards.db'}")
+    cards = Served(CardSandbox(engine, allowed_origins=[url], api_key="k").app, free_port())
     settings = Settings(
-        data_dir=tmp_path, workflows=[EXAMPLE], public_url=url, brand_name="Acme Card"
+        data_dir=tmp_path,
+        workflows=[EXAMPLE],
+        public_url=url,
+        brand_name="Acme Card",
+        card_fields_url=cards.url,  # 127.0.0.1: another origin than localhost
+        card_api_key="k",
     )
     app = build(settings, clock=clock)
     app.ledger.add_accounts(
@@ -40,6 +49,8 @@ def served(tmp_path: Path, clock: SimClock) -> Iterator[tuple[App, str]]:
     yield app, url
     server.stop()
     app.close()
+    cards.stop()
+    engine.dispose()
 
 
 def case_and_link(
@@ -140,3 +151,20 @@ def test_a_spanish_customer_reads_spanish(served: tuple[App, str], phone: Any) -
     phone.get_by_role("heading", name="Primero, confirme que es usted").wait_for()
     assert phone.get_attribute("html", "lang") == "es"
     accessible(phone)
+
+
+def test_a_new_card_typed_into_the_providers_frame(served: tuple[App, str], phone: Any) -> None:
+    app, _ = served
+    case_id, link = case_and_link(app, ident="t-card")
+    open_and_verify(phone, link)
+    fields = phone.frame_locator("iframe.card-fields")
+    fields.get_by_label("Card number").fill("4242 4242 4242 4242")
+    fields.get_by_label("Expiry (MM/YY)").fill("12/39")
+    fields.get_by_label("Security code").fill("123")
+    fields.get_by_role("button", name="Save card").click()
+    phone.get_by_role("heading", name="Your new card").wait_for()
+    assert "ending 4242" in phone.content()
+    accessible(phone)
+    phone.get_by_role("button", name="Use this card").click()
+    phone.get_by_role("heading", name="Thank you, it is done").wait_for()
+    assert app.runtime.case(case_id).outcome == "card_updated"

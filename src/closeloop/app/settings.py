@@ -81,6 +81,14 @@ class Settings(BaseSettings):
     brand_logo_url: str | None = Field(
         default=None, pattern=r"^https://\S+$", description="an https URL of the logo"
     )
+    card_fields_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/\s]+/?$",
+        description="the payment provider's hosted card fields (origin), framed by the mini-app",
+    )
+    card_api_key: SecretStr | None = Field(
+        default=None, description="the key closeloop asks the provider's token API with"
+    )
     identity_key: SecretStr | None = Field(
         default=None,
         description="key (64 hex digits) for comparing known facts as keyed hashes; "

@@ -20,6 +20,8 @@ from urllib.parse import unquote_plus
 
 import structlog
 
+from closeloop.connectors.card_sandbox import luhn
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -29,16 +31,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _RUN = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
 LARGEST_SCANNED = 2 * 1024 * 1024  # bodies above this (uploads) are not scanned
 log = structlog.get_logger("closeloop.cards")
-
-
-def luhn(digits: str) -> bool:
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = int(char)
-        if index % 2:
-            value = value * 2 - 9 if value > 4 else value * 2
-        total += value
-    return total % 10 == 0
 
 
 def _numbers(text: str) -> list[tuple[int, int]]:

@@ -47,6 +47,15 @@ TEXT: Mapping[str, Mapping[str, str]] = {
         "option.pay_now.submit": "Pay",
         "option.update_card": "Update my card",
         "option.unavailable": "Not available here yet: call us to do this.",
+        "option.update_card.help": (
+            "Your card details go straight to our payment provider; we never see them."
+        ),
+        "option.update_card.frame": "Card details, with our payment provider",
+        "card.title": "Your new card",
+        "card.text": "Use the {brand} card ending {last4} (expires {expiry}) for your account?",
+        "card.submit": "Use this card",
+        "card.unknown": "We could not find that card. Please enter it again.",
+        "card.again": "Back to the options",
         "amount.invalid": "Enter an amount from {minimum} to {maximum}, like 120.50.",
         "step_up.needed": (
             "Paying more than this online needs a one-time code, which is not available "
@@ -113,6 +122,18 @@ TEXT: Mapping[str, Mapping[str, str]] = {
         "option.pay_now.submit": "Pagar",
         "option.update_card": "Actualizar mi tarjeta",
         "option.unavailable": "Todavía no disponible aquí: llámenos para hacerlo.",
+        "option.update_card.help": (
+            "Los datos de su tarjeta van directamente a nuestro proveedor de pagos; "
+            "nosotros nunca los vemos."
+        ),
+        "option.update_card.frame": "Datos de la tarjeta, con nuestro proveedor de pagos",
+        "card.title": "Su nueva tarjeta",
+        "card.text": (
+            "¿Usar la tarjeta {brand} que termina en {last4} (caduca {expiry}) en su cuenta?"
+        ),
+        "card.submit": "Usar esta tarjeta",
+        "card.unknown": "No encontramos esa tarjeta. Escríbala de nuevo.",
+        "card.again": "Volver a las opciones",
         "amount.invalid": "Escriba un importe de {minimum} a {maximum}, por ejemplo 120.50.",
         "step_up.needed": (
             "Pagar más de esta cantidad en línea requiere un código de un solo uso, que aún "

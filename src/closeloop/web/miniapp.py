@@ -27,7 +27,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import partial
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -35,6 +35,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from closeloop.app import App
 from closeloop.app.sessions import Session
+from closeloop.connectors.cards import CardTokens
 from closeloop.engine import Case, Status
 from closeloop.errors import NotFound, StateError
 from closeloop.policy import OfferedOption
@@ -93,12 +94,18 @@ def router(app: App) -> APIRouter:
     if brand.logo_url:
         parts = urlsplit(brand.logo_url)
         logo_origin = f" {parts.scheme}://{parts.netloc}"
+    fields = (settings.card_fields_url or "").rstrip("/")
+    frames = f"; frame-src {fields}" if fields else ""
+    cards = None
+    if fields:
+        key = settings.card_api_key.get_secret_value() if settings.card_api_key else ""
+        cards = CardTokens(fields, key)
     headers = {
         "Cache-Control": "no-store",
         "Referrer-Policy": "no-referrer",
         "Content-Security-Policy": (
             f"default-src 'none'; style-src 'self'; img-src 'self'{logo_origin}; "
-            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+            f"form-action 'self'; frame-ancestors 'none'; base-uri 'none'{frames}"
         ),
         "X-Content-Type-Options": "nosniff",
         "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
@@ -193,6 +200,11 @@ def router(app: App) -> APIRouter:
             )
         offered = app.service.options(case.id)
         due = case.data.get("amount_due")
+        card_fields = ""
+        if fields:
+            back = f"{settings.public_url.rstrip('/')}/m/card"
+            query = urlencode({"return_to": back, "state": card_state(session)})
+            card_fields = f"{fields}/fields?{query}"
         return page(
             "options",
             locale,
@@ -205,7 +217,54 @@ def router(app: App) -> APIRouter:
             error=error,
             error_field=error_field,
             options=[_shown(o, locale) for o in offered],
+            card_fields=card_fields,
         )
+
+    def card_state(session: Session) -> str:
+        """What the provider hands back with the token: ties it to this session."""
+        return hmac.new(session.csrf.encode(), b"card", "sha256").hexdigest()[:32]
+
+    # -- a new card, by token -------------------------------------------------------
+    @routes.get("/m/card", response_class=HTMLResponse, include_in_schema=False)
+    def card_returned(request: Request, token: str = "", state: str = "") -> Response:
+        """Where the provider sends the customer back with a token: shows it, changes nothing."""
+        session = current(request)
+        if session is None:
+            locale = pick(request.headers.get("accept-language"))
+            return message(locale, "expired.title", "expired.text", status=401)
+        case = app.runtime.case(session.case_id)
+        if not session.verified or not hmac.compare_digest(state, card_state(session)):
+            return show(session, case, error=text(locale_of(case), "stale.text"), status=403)
+        card = cards.describe(token) if cards is not None else None
+        return page(
+            "card",
+            locale_of(case),
+            "card.title",
+            200 if card else 422,
+            card=card,
+            csrf=session.csrf,
+            nonce=secrets.token_urlsafe(16),
+        )
+
+    @routes.post("/m/card", response_class=HTMLResponse, include_in_schema=False)
+    async def card_confirmed(request: Request) -> Response:
+        checked = await verified_request(request)
+        if isinstance(checked, Response):
+            return checked
+        session, case, form = checked
+        offered = {o.kind for o in app.service.options(case.id)}
+        card = cards.describe(form.get("token", "")) if cards is not None else None
+        nonce = form.get("nonce", "")
+        if "update_card" not in offered or card is None or not nonce:
+            return show(session, case, error=text(locale_of(case), "stale.text"), status=422)
+        try:
+            app.service.submit(
+                case.id, "update_card", {"token_ref": card.token}, key=f"web:{case.id}:{nonce}"
+            )
+        except StateError as exc:
+            error = text(locale_of(case), "refused.text", reason=str(exc))
+            return show(session, app.runtime.case(case.id), error=error, status=422)
+        return RedirectResponse("/m", status_code=303)
 
     # -- identity -------------------------------------------------------------------
     @routes.post("/m/identity", response_class=HTMLResponse, include_in_schema=False)
