@@ -20,6 +20,9 @@ from closeloop.store import Store
 
 IDLE = timedelta(minutes=30)
 ABSOLUTE = timedelta(hours=12)
+# A page view within this long of the last one does not write: the idle limit
+# is kept to the minute, and most views then cost no write transaction.
+TOUCH = timedelta(minutes=1)
 
 
 def _hash(session_id: str) -> str:
@@ -82,14 +85,17 @@ class Sessions:
         if not session_id:
             return None
         now = self.clock.now()
-        with self.store.transaction() as tx:
+        with self.store.read() as tx:
             row = tx.session(_hash(session_id))
-            if row is None or row["ended_at"] is not None:
-                return None
-            if now - row["seen_at"] > IDLE or now - row["created_at"] > ABSOLUTE:
-                tx.end_session(_hash(session_id), now)
-                return None
-            tx.touch_session(_hash(session_id), now)
+        if row is None or row["ended_at"] is not None:
+            return None
+        expired = now - row["seen_at"] > IDLE or now - row["created_at"] > ABSOLUTE
+        if expired or now - row["seen_at"] >= TOUCH:
+            with self.store.transaction() as tx:
+                if expired:
+                    tx.end_session(_hash(session_id), now)
+                    return None
+                tx.touch_session(_hash(session_id), now)
         return Session(
             id=session_id,
             case_id=row["case_id"],
