@@ -19,6 +19,7 @@ from closeloop.spec import CompiledSpec, load_spec_file
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "failed_payment.yaml"
+KYC = ROOT / "examples" / "kyc_attestation.yaml"
 PG_ADMIN_URL = os.environ.get("CLOSELOOP_TEST_PG", "postgresql+psycopg://127.0.0.1:5432/postgres")
 # Monday 2026-03-02 15:00 UTC: 10:00 in New York, inside contact hours.
 NOW = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)

@@ -37,6 +37,7 @@ class OfferedOption:
     label: str
     minimum: Decimal | None = None
     maximum: Decimal | None = None
+    statement_version: str | None = None  # an attestation's
 
 
 def _copier(value: Mapping[str, Any]) -> Callable[[], dict[str, Any]]:
@@ -141,7 +142,12 @@ def options(
             continue  # nothing valid to offer
         offered.append(
             OfferedOption(
-                kind=kind, outcome=option.outcome, label=option.label, minimum=low, maximum=high
+                kind=kind,
+                outcome=option.outcome,
+                label=option.label,
+                minimum=low,
+                maximum=high,
+                statement_version=option.statement_version,
             )
         )
     return offered

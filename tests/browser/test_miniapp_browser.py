@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from closeloop.app import App, Settings, build
+from closeloop.app import App, Settings, TriggerIn, build
 from closeloop.clock import SimClock
 from closeloop.connectors.card_sandbox import CardSandbox
 from closeloop.engine import Status
 from closeloop.web import create_api
 from tests.browser.conftest import serious_violations
-from tests.conftest import EXAMPLE, NOW
+from tests.conftest import EXAMPLE, KYC, NOW
 from tests.integration.test_runtime import ACCOUNT, trigger
 from tests.servers import Served, free_port
 
@@ -35,7 +35,7 @@ def served(tmp_path: Path, clock: SimClock) -> Iterator[tuple[App, str]]:
     cards = Served(CardSandbox(engine, allowed_origins=[url], api_key="k").app, free_port())
     settings = Settings(
         data_dir=tmp_path,
-        workflows=[EXAMPLE],
+        workflows=[EXAMPLE, KYC],
         public_url=url,
         brand_name="Acme Card",
         card_fields_url=cards.url,  # 127.0.0.1: another origin than localhost
@@ -168,3 +168,19 @@ def test_a_new_card_typed_into_the_providers_frame(served: tuple[App, str], phon
     phone.get_by_role("button", name="Use this card").click()
     phone.get_by_role("heading", name="Thank you, it is done").wait_for()
     assert app.runtime.case(case_id).outcome == "card_updated"
+
+
+def test_an_attestation_read_and_confirmed(served: tuple[App, str], phone: Any) -> None:
+    app, _ = served
+    due = {"account_id": "A1", "due_date": "2026-04-01"}
+    (result,) = app.runtime.intake([TriggerIn(id="k1", type="kyc.refresh_due", data=due)])
+    assert result.case_id is not None
+    open_and_verify(phone, app.service.issue_link(result.case_id, "email"))
+    assert "true, complete and current" in phone.get_by_role("blockquote").inner_text()
+    accessible(phone)
+    phone.get_by_role("button", name="Confirm").click()  # not ticked: told what to do
+    assert "Tick the box" in phone.get_by_role("alert").inner_text()
+    phone.get_by_label("I have read this statement and I confirm it").check()
+    phone.get_by_role("button", name="Confirm").click()
+    phone.get_by_role("heading", name="Thank you, it is done").wait_for()
+    assert app.runtime.case(result.case_id).outcome == "attested"

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from closeloop.app import App, Settings, build
+from closeloop.app import App, Settings, TriggerIn, build
 from closeloop.app.bootstrap import identity_key
 from closeloop.clock import SimClock
 from closeloop.engine import Status
@@ -21,7 +21,7 @@ from closeloop.errors import InputError
 from closeloop.web import create_api
 from closeloop.web.cards import RedactCardNumbers, has_card_number, luhn
 from closeloop.web.miniapp import COOKIE, FAILURE_FLOOR
-from tests.conftest import EXAMPLE, NOW
+from tests.conftest import EXAMPLE, KYC, NOW
 from tests.integration.test_runtime import ACCOUNT, trigger
 
 RIGHT = {"date_of_birth": "1980-02-03", "postal_code": "10001"}
@@ -362,3 +362,51 @@ def test_the_identity_key_is_made_once_and_bad_keys_are_refused(tmp_path: Path) 
         identity_key(Settings(data_dir=tmp_path, identity_key="abc"))
     given = "ab" * 32
     assert identity_key(Settings(data_dir=tmp_path, identity_key=given)) == bytes.fromhex(given)
+
+
+@pytest.fixture
+def kyc(database_url: str, tmp_path: Path, clock: SimClock) -> Iterator[App]:
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        workflows=[EXAMPLE, KYC],
+        public_url="https://pay.example",
+    )
+    built = build(settings, clock=clock)
+    built.ledger.add_accounts([ACCOUNT])
+    yield built
+    built.close()
+
+
+def test_an_attestation_records_the_exact_statement_version(kyc: App) -> None:
+    (result,) = kyc.runtime.intake(
+        [
+            TriggerIn(
+                id="k1", type="kyc.refresh_due", data={"account_id": "A1", "due_date": "2026-04-01"}
+            )
+        ]
+    )
+    assert result.case_id is not None
+    client = browser(kyc)
+    page = signed_in(kyc, client, kyc.service.issue_link(result.case_id, "email"))
+    assert "true, complete and current" in page and 'type="checkbox"' in page
+    form = {
+        "csrf": csrf(page),
+        "nonce": field(page, "nonce"),
+        "option": "attestation",
+        "statement_version": field(page, "statement_version"),
+    }
+    unticked = client.post("/m/submit", data=form)
+    assert unticked.status_code == 422 and "Tick the box" in unticked.text
+    stale = client.post(
+        "/m/submit", data={**form, "accepted": "yes", "statement_version": "kyc-2019"}
+    )
+    assert stale.status_code == 422 and "read it again" in stale.text
+    done = client.post("/m/submit", data={**form, "accepted": "yes"})
+    assert done.status_code == 303 and "it is done" in client.get("/m").text
+    case = kyc.runtime.case(result.case_id)
+    assert case.outcome == "attested" and case.status is Status.WRITING_BACK
+    (submitted,) = [h for h in history(kyc, result.case_id) if h["kind"] == "outcome_submitted"]
+    evidence = submitted["data"]["evidence"]  # type: ignore[index]
+    assert evidence["attestation_text_version"] == "kyc-declaration-2026-01"
+    assert evidence["identity_level"] == "known_facts" and evidence["submitted_at"]

@@ -7,7 +7,7 @@ import pytest
 
 from closeloop.errors import SpecError
 from closeloop.spec import explain, load_spec, load_spec_file
-from tests.conftest import EXAMPLE
+from tests.conftest import EXAMPLE, KYC
 
 
 def problems_of(text: str) -> list[str]:
@@ -167,3 +167,16 @@ def test_approved_template_variables_are_checked() -> None:
     assert "approved_variables[1]: 'amount_owed' is not a message variable" in problem
     no_name = edit("    approved_name: payment_reminder_v1\n", "")
     assert any("set approved_name too" in p for p in problems_of(no_name))
+
+
+def test_an_attestation_needs_its_statement_and_only_it_has_one() -> None:
+    kyc = KYC.read_text()
+    assert load_spec(kyc, filename="kyc.yaml").key == "kyc_attestation@1"
+    unversioned = kyc.replace("      statement_version: kyc-declaration-2026-01\n", "")
+    assert any("an attestation needs a version" in p for p in problems_of(unversioned))
+    no_english = kyc.replace("        en: >", "        fr: >")
+    assert any("its statement, with en" in p for p in problems_of(no_english))
+    stray = edit("      label: Pay now\n", "      label: Pay now\n      statement: {en: x}\n")
+    assert any("only an attestation has a statement" in p for p in problems_of(stray))
+    summary = explain(load_spec(kyc, filename="kyc.yaml").spec)
+    assert 'statement kyc-declaration-2026-01 (es): "Confirmo' in summary

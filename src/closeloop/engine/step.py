@@ -371,6 +371,11 @@ def _submitted(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
         ):
             return f"amount must be between {option.minimum} and {option.maximum}"
         values["amount"] = str(amount)
+    if option.statement_version is not None:  # an attestation: the text shown, accepted
+        if values.get("statement_version") != option.statement_version:
+            return "the statement was changed; read it again"
+        if values.get("accepted") is not True:
+            return "the statement must be accepted"
     submission = {"option": event.option, **values}
     if policy.step_up_required(compiled, case.data, case.account, submission, facts=facts) and not (
         event.one_time_code_verified
@@ -421,6 +426,7 @@ def _evidence(
         ),
         "submitted_at": lambda: d.now.isoformat(),
         "amount": lambda: values.get("amount"),
+        "attestation_text_version": lambda: values.get("statement_version"),
     }
     return {name: known[name]() if name in known else values.get(name) for name in wanted}
 

@@ -49,6 +49,8 @@ def explain(spec: Spec) -> str:
         if option.min or option.max:
             bounds = f" (from {option.min or 'any'} to {option.max or 'any'})"
         out.append(f"  - {option.label} [{kind}]{bounds} -> outcome {option.outcome}")
+        for locale, text in sorted((option.statement or {}).items()):
+            out.append(f'      statement {option.statement_version} ({locale}): "{text.strip()}"')
     out += ["", "IDENTITY"]
     if spec.identity.known_facts:
         facts = ", ".join(_FACTS[f] for f in spec.identity.known_facts)

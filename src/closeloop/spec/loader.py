@@ -198,6 +198,18 @@ def _check_meaning(spec: Spec, text: str, problem: Any) -> CompiledSpec:
                     f"(defined: {', '.join(sorted(spec.outcomes))})",
                 )
             )
+        base = ("miniapp", "options", kind)
+        if kind == "attestation":
+            if not option.statement or "en" not in option.statement:
+                problems.append(
+                    problem((*base, "statement"), "an attestation needs its statement, with en")
+                )
+            if not option.statement_version:
+                problems.append(
+                    problem((*base, "statement_version"), "an attestation needs a version")
+                )
+        elif option.statement is not None or option.statement_version is not None:
+            problems.append(problem((*base, "statement"), "only an attestation has a statement"))
         low = high = None
         if option.min is not None:
             path = ("miniapp", "options", kind, "min")

@@ -145,6 +145,9 @@ class Option(SpecModel):
     label: str = Field(min_length=1)
     min: str | None = None
     max: str | None = None
+    # attestation: the statement the customer confirms, per locale, and its version
+    statement: dict[str, str] | None = None
+    statement_version: str | None = Field(default=None, min_length=1, max_length=100)
 
 
 class MiniApp(SpecModel):

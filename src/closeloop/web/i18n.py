@@ -51,6 +51,9 @@ TEXT: Mapping[str, Mapping[str, str]] = {
             "Your card details go straight to our payment provider; we never see them."
         ),
         "option.update_card.frame": "Card details, with our payment provider",
+        "attest.accept": "I have read this statement and I confirm it",
+        "attest.submit": "Confirm",
+        "attest.required": "Tick the box to confirm the statement, or call us if it is not right.",
         "card.title": "Your new card",
         "card.text": "Use the {brand} card ending {last4} (expires {expiry}) for your account?",
         "card.submit": "Use this card",
@@ -127,6 +130,11 @@ TEXT: Mapping[str, Mapping[str, str]] = {
             "nosotros nunca los vemos."
         ),
         "option.update_card.frame": "Datos de la tarjeta, con nuestro proveedor de pagos",
+        "attest.accept": "He leído esta declaración y la confirmo",
+        "attest.submit": "Confirmar",
+        "attest.required": (
+            "Marque la casilla para confirmar la declaración, o llámenos si no es correcta."
+        ),
         "card.title": "Su nueva tarjeta",
         "card.text": (
             "¿Usar la tarjeta {brand} que termina en {last4} (caduca {expiry}) en su cuenta?"

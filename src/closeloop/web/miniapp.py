@@ -199,6 +199,10 @@ def router(app: App) -> APIRouter:
                 ],
             )
         offered = app.service.options(case.id)
+        statements: dict[str, dict[str, str]] = {
+            str(kind): option.statement or {}
+            for kind, option in app.runtime.spec_for(case).spec.miniapp.options.items()
+        }
         due = case.data.get("amount_due")
         card_fields = ""
         if fields:
@@ -216,7 +220,7 @@ def router(app: App) -> APIRouter:
             nonce=secrets.token_urlsafe(16),
             error=error,
             error_field=error_field,
-            options=[_shown(o, locale) for o in offered],
+            options=[_shown(o, locale, statements.get(o.kind, {})) for o in offered],
             card_fields=card_fields,
         )
 
@@ -314,11 +318,13 @@ def router(app: App) -> APIRouter:
         return session, case, form
 
     def pay(session: Session, case: Case, form: dict[str, str]) -> Response:
-        """Submit a payment from `form`; ask for a one-time code when policy wants one."""
+        """Submit the option chosen in `form`; a payment may first need a one-time code."""
         locale = locale_of(case)
         offered = {o.kind: o for o in app.service.options(case.id)}
         option = offered.get(form.get("option", ""))
         nonce = form.get("nonce", "")
+        if option is not None and option.kind == "attestation" and nonce:
+            return attest(session, case, form, nonce)
         if option is None or option.kind != "pay_now" or not nonce:
             return show(session, case, error=text(locale, "stale.text"), status=422)
         amount = _amount(form.get("amount", ""))
@@ -346,6 +352,19 @@ def router(app: App) -> APIRouter:
             return show(
                 session, app.runtime.case(case.id), error=error, error_field="amount", status=422
             )
+        return RedirectResponse("/m", status_code=303)
+
+    def attest(session: Session, case: Case, form: dict[str, str], nonce: str) -> Response:
+        locale = locale_of(case)
+        if form.get("accepted") != "yes":
+            error = text(locale, "attest.required")
+            return show(session, case, error=error, error_field="accepted", status=422)
+        values = {"statement_version": form.get("statement_version", ""), "accepted": True}
+        try:
+            app.service.submit(case.id, "attestation", values, key=f"web:{case.id}:{nonce}")
+        except StateError as exc:
+            error = text(locale, "refused.text", reason=str(exc))
+            return show(session, app.runtime.case(case.id), error=error, status=422)
         return RedirectResponse("/m", status_code=303)
 
     def ask_code(
@@ -482,7 +501,7 @@ def _money(value: Any) -> str:
     return f"${Decimal(str(value)).quantize(_CENT, rounding=ROUND_HALF_UP):,}"
 
 
-def _shown(option: OfferedOption, locale: str) -> dict[str, Any]:
+def _shown(option: OfferedOption, locale: str, statement: dict[str, str]) -> dict[str, Any]:
     label = (
         option.label
         if locale == "en"
@@ -491,6 +510,8 @@ def _shown(option: OfferedOption, locale: str) -> dict[str, Any]:
     return {
         "kind": option.kind,
         "label": label,
+        "statement": (statement.get(locale) or statement.get("en") or "").strip(),
+        "statement_version": option.statement_version or "",
         "minimum": _money(option.minimum),
         "maximum": _money(option.maximum),
         "maximum_plain": str(option.maximum) if option.maximum is not None else "",
