@@ -8,10 +8,12 @@ closed: the case is not contacted and the error is the recorded reason.
 
 from __future__ import annotations
 
+from calendar import monthrange
 from collections.abc import Callable, Iterator, Mapping
 from copy import copy
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+from datetime import date, timedelta
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Any
 
 from closeloop.spec.loader import CompiledSpec
@@ -38,6 +40,10 @@ class OfferedOption:
     minimum: Decimal | None = None
     maximum: Decimal | None = None
     statement_version: str | None = None  # an attestation's
+    # an arrangement's: the instalment counts whose instalments reach the floor, etc.
+    instalments: tuple[int, ...] = ()
+    frequencies: tuple[str, ...] = ()
+    first_within: timedelta | None = None
 
 
 def _copier(value: Mapping[str, Any]) -> Callable[[], dict[str, Any]]:
@@ -140,6 +146,13 @@ def options(
         low, high = _amount(low_rule, env, amounts), _amount(high_rule, env, amounts)
         if low is not None and high is not None and low > high:
             continue  # nothing valid to offer
+        counts: tuple[int, ...] = ()
+        if option.instalments and high is not None:
+            floor = compiled.floors.get(kind)
+            least = _amount(floor, env, amounts) if floor is not None else _CENT
+            counts = tuple(n for n in sorted(set(option.instalments)) if high / n >= (least or 0))
+            if not counts:
+                continue  # no plan within policy for this balance
         offered.append(
             OfferedOption(
                 kind=kind,
@@ -148,9 +161,42 @@ def options(
                 minimum=low,
                 maximum=high,
                 statement_version=option.statement_version,
+                instalments=counts,
+                frequencies=tuple(option.frequencies or ()),
+                first_within=option.first_within,
             )
         )
     return offered
+
+
+@dataclass(frozen=True)
+class Instalment:
+    due: date
+    amount: Decimal
+
+
+def schedule(total: Decimal, count: int, frequency: str, first: date) -> list[Instalment]:
+    """The instalments of a plan: equal to the cent, the remainder on the last one.
+
+    Monthly instalments keep the first one's day of the month (the month's
+    last day when it is shorter).
+    """
+    if count < 1:
+        raise ValueError("a plan has at least one instalment")
+    each = (total / count).quantize(_CENT, rounding=ROUND_DOWN)
+    amounts = [each] * (count - 1) + [total - each * (count - 1)]
+    step = {"weekly": 7, "fortnightly": 14}.get(frequency)
+    dates = []
+    for index in range(count):
+        if step is not None:
+            dates.append(first + timedelta(days=step * index))
+            continue
+        if frequency != "monthly":
+            raise ValueError(f"unknown frequency {frequency!r}")
+        month = first.month - 1 + index
+        year, month = first.year + month // 12, month % 12 + 1
+        dates.append(date(year, month, min(first.day, monthrange(year, month)[1])))
+    return [Instalment(due=d, amount=a) for d, a in zip(dates, amounts, strict=True)]
 
 
 def step_up_required(

@@ -184,3 +184,18 @@ def test_an_attestation_read_and_confirmed(served: tuple[App, str], phone: Any) 
     phone.get_by_role("button", name="Confirm").click()
     phone.get_by_role("heading", name="Thank you, it is done").wait_for()
     assert app.runtime.case(result.case_id).outcome == "attested"
+
+
+def test_a_payment_plan_on_a_phone(served: tuple[App, str], phone: Any) -> None:
+    app, _ = served
+    case_id, link = case_and_link(app, ident="t-plan")
+    open_and_verify(phone, link)
+    phone.get_by_label("3 payments of about $40.17").check()
+    phone.get_by_label("How often").select_option("monthly")
+    phone.get_by_role("button", name="Review the plan").click()
+    phone.get_by_role("heading", name="Your payment plan").wait_for()
+    assert phone.get_by_role("row").count() == 4  # a header and three payments
+    accessible(phone)
+    phone.get_by_role("button", name="Agree to this plan").click()
+    phone.get_by_role("heading", name="Thank you, it is done").wait_for()
+    assert app.runtime.case(case_id).outcome == "arranged"

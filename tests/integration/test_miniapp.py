@@ -410,3 +410,37 @@ def test_an_attestation_records_the_exact_statement_version(kyc: App) -> None:
     evidence = submitted["data"]["evidence"]  # type: ignore[index]
     assert evidence["attestation_text_version"] == "kyc-declaration-2026-01"
     assert evidence["identity_level"] == "known_facts" and evidence["submitted_at"]
+
+
+def test_a_payment_plan_is_reviewed_then_agreed(app: App, clock: SimClock) -> None:
+    case_id, link = opened(app)
+    client = browser(app)
+    page = signed_in(app, client, link)
+    assert "Pay in instalments" in page and "6 payments of about $20.08" in page
+    form = {"csrf": csrf(page), "nonce": field(page, "nonce")}
+    today = clock.now().date()
+    late = {
+        **form,
+        "instalments": "3",
+        "frequency": "monthly",
+        "first_date": (today + timedelta(days=15)).isoformat(),
+    }
+    refused = client.post("/m/plan", data=late)
+    assert refused.status_code == 422 and "a first date from" in refused.text
+    assert client.post("/m/plan", data={**late, "instalments": "5"}).status_code == 422
+    chosen = {**late, "first_date": (today + timedelta(days=3)).isoformat()}
+    review = client.post("/m/plan", data=chosen)
+    assert review.status_code == 200
+    assert review.text.count("$40.16") == 2 and "$40.18" in review.text
+    assert app.runtime.case(case_id).status is not Status.WRITING_BACK  # reviewing changes nothing
+    agreed = client.post("/m/submit", data={**chosen, "option": "arrangement"})
+    assert agreed.status_code == 303 and "it is done" in client.get("/m").text
+    case = app.runtime.case(case_id)
+    assert case.outcome == "arranged"
+    plan = case.submission["schedule"]
+    assert [p["amount"] for p in plan] == ["40.16", "40.16", "40.18"]  # type: ignore[index]
+    with app.store.read() as tx:
+        (row,) = tx.c.execute(
+            sa.text("SELECT payload FROM outbox WHERE kind = 'writeback' ORDER BY id LIMIT 1")
+        ).fetchall()
+    assert "40.18" in str(row[0])  # the schedule goes to the system of record

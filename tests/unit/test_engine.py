@@ -258,3 +258,37 @@ def test_evolve_and_restore_refuse_unknown_fields(compiled: CompiledSpec) -> Non
     assert restored == case  # fields missing from old rows take their defaults
     with pytest.raises(TypeError, match="lacks opened_at"):
         Case.restore(stored, **{k: v for k, v in columns.items() if k != "opened_at"})
+
+
+def test_a_plan_splits_to_the_cent_and_keeps_its_day_of_the_month() -> None:
+    from datetime import date
+    from decimal import Decimal
+
+    from closeloop.policy import schedule
+
+    monthly = schedule(Decimal("100.00"), 3, "monthly", date(2026, 1, 31))
+    assert [i.due for i in monthly] == [date(2026, 1, 31), date(2026, 2, 28), date(2026, 3, 31)]
+    assert [i.amount for i in monthly] == [Decimal("33.33"), Decimal("33.33"), Decimal("33.34")]
+    fortnightly = schedule(Decimal("50"), 2, "fortnightly", date(2026, 12, 25))
+    assert [i.due for i in fortnightly] == [date(2026, 12, 25), date(2027, 1, 8)]
+    assert sum(i.amount for i in fortnightly) == Decimal("50")
+
+
+def test_only_plans_whose_instalments_reach_the_floor_are_offered(compiled: CompiledSpec) -> None:
+    from closeloop import policy
+
+    small = case_for(
+        compiled,
+        {"account_id": "A1", "amount_due": "50.00", "decline_code": "51", "due_date": "2026-03-01"},
+        account("A1"),
+        now=NOW,
+    )
+    (plan,) = [o for o in policy.options(compiled, small.data, small.account) if o.instalments]
+    assert plan.instalments == (2,)  # 50 / 3 is under the 20.00 floor
+    tiny = case_for(
+        compiled,
+        {"account_id": "A1", "amount_due": "30.00", "decline_code": "51", "due_date": "2026-03-01"},
+        account("A1"),
+        now=NOW,
+    )
+    assert not [o for o in policy.options(compiled, tiny.data, tiny.account) if o.instalments]

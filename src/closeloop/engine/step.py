@@ -10,7 +10,7 @@ resumed run match an uninterrupted one.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -361,6 +361,11 @@ def _submitted(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
     if option is None:
         return f"option {event.option!r} is not offered for this case"
     values = dict(event.values)
+    if option.instalments:  # an arrangement: the plan chosen must be one policy offers
+        plan = _plan(option, values, d.now)
+        if isinstance(plan, str):
+            return plan
+        values = plan
     if option.minimum is not None or option.maximum is not None:
         try:
             amount = Decimal(str(values.get("amount", "")))
@@ -414,6 +419,34 @@ def _submitted(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
         writebacks=keys,
     )
     return None
+
+
+def _plan(
+    option: policy.OfferedOption, values: dict[str, Any], now: datetime
+) -> dict[str, Any] | str:
+    """The submission of a plan with its schedule, or why it is not one policy offers."""
+    try:
+        count = int(values.get("instalments", ""))
+        first = date.fromisoformat(str(values.get("first_date", "")))
+    except (TypeError, ValueError):
+        return "choose how many instalments and the date of the first one"
+    frequency = str(values.get("frequency", ""))
+    if count not in option.instalments:
+        return f"{count} instalments are not offered for this balance"
+    if frequency not in option.frequencies:
+        return f"payments {frequency} are not offered"
+    last = (now + (option.first_within or timedelta(0))).date()
+    if not now.date() <= first <= last:
+        return f"the first payment must be between {now.date()} and {last}"
+    assert option.maximum is not None  # the spec requires max for an arrangement
+    instalments = policy.schedule(option.maximum, count, frequency, first)
+    return {
+        "amount": str(option.maximum),
+        "instalments": count,
+        "frequency": frequency,
+        "first_date": first.isoformat(),
+        "schedule": [{"due": i.due.isoformat(), "amount": str(i.amount)} for i in instalments],
+    }
 
 
 def _evidence(

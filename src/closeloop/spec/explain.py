@@ -49,6 +49,15 @@ def explain(spec: Spec) -> str:
         if option.min or option.max:
             bounds = f" (from {option.min or 'any'} to {option.max or 'any'})"
         out.append(f"  - {option.label} [{kind}]{bounds} -> outcome {option.outcome}")
+        if option.instalments:
+            least = f", each at least {option.min_instalment}" if option.min_instalment else ""
+            counts = ", ".join(map(str, option.instalments))
+            every = " or ".join(option.frequencies or ())
+            first = format_duration(option.first_within) if option.first_within else "?"
+            out.append(
+                f"      a plan of {counts} instalments, paid {every}{least}; "
+                f"the first within {first}"
+            )
         for locale, text in sorted((option.statement or {}).items()):
             out.append(f'      statement {option.statement_version} ({locale}): "{text.strip()}"')
     out += ["", "IDENTITY"]

@@ -42,6 +42,7 @@ class CompiledSpec:
     bounds: Mapping[str, tuple[CompiledRule | None, CompiledRule | None]] = field(
         default_factory=dict
     )
+    floors: Mapping[str, CompiledRule] = field(default_factory=dict)  # least instalment
     source: str = ""
 
     @property
@@ -189,6 +190,7 @@ def _check_meaning(spec: Spec, text: str, problem: Any) -> CompiledSpec:
         for i, s in enumerate(spec.identity.step_up)
     ]
     bounds: dict[str, tuple[CompiledRule | None, CompiledRule | None]] = {}
+    floors: dict[str, CompiledRule] = {}
     for kind, option in spec.miniapp.options.items():
         if option.outcome not in spec.outcomes:
             problems.append(
@@ -210,6 +212,28 @@ def _check_meaning(spec: Spec, text: str, problem: Any) -> CompiledSpec:
                 )
         elif option.statement is not None or option.statement_version is not None:
             problems.append(problem((*base, "statement"), "only an attestation has a statement"))
+        plan = (option.instalments, option.frequencies, option.first_within)
+        if kind == "arrangement":
+            for name, value in zip(
+                ("instalments", "frequencies", "first_within"), plan, strict=True
+            ):
+                if not value:
+                    problems.append(problem((*base, name), f"an arrangement needs {name}"))
+            if option.max is None:
+                problems.append(problem((*base, "max"), "an arrangement needs max: the total"))
+            if option.min_instalment is not None:
+                path = (*base, "min_instalment")
+                floor = compiled(
+                    path,
+                    f"{kind}.min_instalment",
+                    option.min_instalment,
+                    variables=variables,
+                    expect="number",
+                )
+                if floor is not None:
+                    floors[kind] = floor
+        elif any(v is not None for v in plan) or option.min_instalment is not None:
+            problems.append(problem((*base, "instalments"), "only an arrangement has a plan"))
         low = high = None
         if option.min is not None:
             path = ("miniapp", "options", kind, "min")
@@ -289,6 +313,7 @@ def _check_meaning(spec: Spec, text: str, problem: Any) -> CompiledSpec:
         eligibility=tuple(eligibility),
         step_up=tuple(step_up),
         bounds=bounds,
+        floors=floors,
         source=text,
     )
 

@@ -145,6 +145,11 @@ class Option(SpecModel):
     label: str = Field(min_length=1)
     min: str | None = None
     max: str | None = None
+    # arrangement: the plans policy allows (the total is `max`)
+    instalments: list[Annotated[int, Field(ge=2, le=36)]] | None = None
+    frequencies: list[Literal["weekly", "fortnightly", "monthly"]] | None = None
+    first_within: Duration | None = None
+    min_instalment: str | None = None
     # attestation: the statement the customer confirms, per locale, and its version
     statement: dict[str, str] | None = None
     statement_version: str | None = Field(default=None, min_length=1, max_length=100)

@@ -23,6 +23,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import partial
 from importlib import resources
@@ -38,7 +39,7 @@ from closeloop.app.sessions import Session
 from closeloop.connectors.cards import CardTokens
 from closeloop.engine import Case, Status
 from closeloop.errors import NotFound, StateError
-from closeloop.policy import OfferedOption
+from closeloop.policy import OfferedOption, schedule
 from closeloop.web.i18n import LOCALES, pick, text
 
 COOKIE = "__Host-closeloop-session"
@@ -220,7 +221,10 @@ def router(app: App) -> APIRouter:
             nonce=secrets.token_urlsafe(16),
             error=error,
             error_field=error_field,
-            options=[_shown(o, locale, statements.get(o.kind, {})) for o in offered],
+            options=[
+                _shown(o, locale, statements.get(o.kind, {}), app.clock.now().date())
+                for o in offered
+            ],
             card_fields=card_fields,
         )
 
@@ -325,6 +329,8 @@ def router(app: App) -> APIRouter:
         nonce = form.get("nonce", "")
         if option is not None and option.kind == "attestation" and nonce:
             return attest(session, case, form, nonce)
+        if option is not None and option.kind == "arrangement" and nonce:
+            return arrange(session, case, form, nonce)
         if option is None or option.kind != "pay_now" or not nonce:
             return show(session, case, error=text(locale, "stale.text"), status=422)
         amount = _amount(form.get("amount", ""))
@@ -352,6 +358,68 @@ def router(app: App) -> APIRouter:
             return show(
                 session, app.runtime.case(case.id), error=error, error_field="amount", status=422
             )
+        return RedirectResponse("/m", status_code=303)
+
+    def plan_of(case: Case, form: dict[str, str]) -> tuple[OfferedOption, int, str, date] | str:
+        """The plan a form asks for, if policy offers it; else the error to show."""
+        locale = locale_of(case)
+        option = {o.kind: o for o in app.service.options(case.id)}.get("arrangement")
+        today = app.clock.now().date()
+        last = today + (option.first_within if option and option.first_within else timedelta(0))
+        invalid = text(locale, "plan.invalid", first=today.isoformat(), last=last.isoformat())
+        try:
+            count = int(form.get("instalments", ""))
+            first = date.fromisoformat(form.get("first_date", ""))
+        except ValueError:
+            return invalid
+        frequency = form.get("frequency", "")
+        if (
+            option is None
+            or option.maximum is None
+            or count not in option.instalments
+            or frequency not in option.frequencies
+            or not today <= first <= last
+        ):
+            return invalid
+        return option, count, frequency, first
+
+    @routes.post("/m/plan", response_class=HTMLResponse, include_in_schema=False)
+    async def review_plan(request: Request) -> Response:
+        """The schedule of the plan chosen, to agree to (changes nothing)."""
+        checked = await verified_request(request)
+        if isinstance(checked, Response):
+            return checked
+        session, case, form = checked
+        plan = plan_of(case, form)
+        if isinstance(plan, str):
+            return show(session, case, error=plan, error_field="plan", status=422)
+        option, count, frequency, first = plan
+        assert option.maximum is not None
+        rows = schedule(option.maximum, count, frequency, first)
+        return page(
+            "plan",
+            locale_of(case),
+            "plan.title",
+            total=_money(option.maximum),
+            rows=[{"due": r.due.isoformat(), "amount": _money(r.amount)} for r in rows],
+            csrf=session.csrf,
+            nonce=form.get("nonce", ""),
+            instalments=count,
+            frequency=frequency,
+            first_date=first.isoformat(),
+        )
+
+    def arrange(session: Session, case: Case, form: dict[str, str], nonce: str) -> Response:
+        plan = plan_of(case, form)
+        if isinstance(plan, str):
+            return show(session, case, error=plan, error_field="plan", status=422)
+        _, count, frequency, first = plan
+        values = {"instalments": count, "frequency": frequency, "first_date": first.isoformat()}
+        try:
+            app.service.submit(case.id, "arrangement", values, key=f"web:{case.id}:{nonce}")
+        except StateError as exc:
+            error = text(locale_of(case), "refused.text", reason=str(exc))
+            return show(session, app.runtime.case(case.id), error=error, status=422)
         return RedirectResponse("/m", status_code=303)
 
     def attest(session: Session, case: Case, form: dict[str, str], nonce: str) -> Response:
@@ -501,7 +569,9 @@ def _money(value: Any) -> str:
     return f"${Decimal(str(value)).quantize(_CENT, rounding=ROUND_HALF_UP):,}"
 
 
-def _shown(option: OfferedOption, locale: str, statement: dict[str, str]) -> dict[str, Any]:
+def _shown(
+    option: OfferedOption, locale: str, statement: dict[str, str], today: date
+) -> dict[str, Any]:
     label = (
         option.label
         if locale == "en"
@@ -511,6 +581,10 @@ def _shown(option: OfferedOption, locale: str, statement: dict[str, str]) -> dic
         "kind": option.kind,
         "label": label,
         "statement": (statement.get(locale) or statement.get("en") or "").strip(),
+        "plans": [(n, _money(option.maximum / n)) for n in option.instalments if option.maximum],
+        "frequencies": option.frequencies,
+        "first_min": today.isoformat(),
+        "first_max": (today + (option.first_within or timedelta(0))).isoformat(),
         "statement_version": option.statement_version or "",
         "minimum": _money(option.minimum),
         "maximum": _money(option.maximum),
