@@ -178,10 +178,11 @@ def test_an_attestation_read_and_confirmed(served: tuple[App, str], phone: Any) 
     open_and_verify(phone, app.service.issue_link(result.case_id, "email"))
     assert "true, complete and current" in phone.get_by_role("blockquote").inner_text()
     accessible(phone)
-    phone.get_by_role("button", name="Confirm").click()  # not ticked: told what to do
+    confirm = phone.get_by_role("button", name="Confirm the statement")
+    confirm.click()  # not ticked: told what to do
     assert "Tick the box" in phone.get_by_role("alert").inner_text()
     phone.get_by_label("I have read this statement and I confirm it").check()
-    phone.get_by_role("button", name="Confirm").click()
+    confirm.click()
     phone.get_by_role("heading", name="Thank you, it is done").wait_for()
     assert app.runtime.case(result.case_id).outcome == "attested"
 
@@ -199,3 +200,21 @@ def test_a_payment_plan_on_a_phone(served: tuple[App, str], phone: Any) -> None:
     phone.get_by_role("button", name="Agree to this plan").click()
     phone.get_by_role("heading", name="Thank you, it is done").wait_for()
     assert app.runtime.case(case_id).outcome == "arranged"
+
+
+def test_correcting_details_on_a_phone(served: tuple[App, str], phone: Any) -> None:
+    app, _ = served
+    due = {"account_id": "A1", "due_date": "2026-04-01"}
+    (result,) = app.runtime.intake([TriggerIn(id="k2", type="kyc.refresh_due", data=due)])
+    assert result.case_id is not None
+    open_and_verify(phone, app.service.issue_link(result.case_id, "sms"))
+    accessible(phone)
+    phone.get_by_label("Email").fill("ana.new@example.com")
+    phone.get_by_role("button", name="Confirm these details").click()
+    phone.get_by_role("heading", name="Enter the code we sent you").wait_for()
+    accessible(phone)
+    (sms,) = [m for m in app.sink.delivered_after(0) if "code is" in m["body"]]
+    phone.get_by_label("6-digit code").fill(re.findall(r"\b\d{6}\b", sms["body"])[0])
+    phone.get_by_role("button", name="Confirm", exact=True).click()
+    phone.get_by_role("heading", name="Thank you, it is done").wait_for()
+    assert app.runtime.case(result.case_id).submission["email"] == "ana.new@example.com"

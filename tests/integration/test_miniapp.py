@@ -444,3 +444,37 @@ def test_a_payment_plan_is_reviewed_then_agreed(app: App, clock: SimClock) -> No
             sa.text("SELECT payload FROM outbox WHERE kind = 'writeback' ORDER BY id LIMIT 1")
         ).fetchall()
     assert "40.18" in str(row[0])  # the schedule goes to the system of record
+
+
+def test_details_are_checked_and_a_new_phone_needs_a_code(kyc: App) -> None:
+    due = {"account_id": "A1", "due_date": "2026-04-01"}
+    (result,) = kyc.runtime.intake([TriggerIn(id="k2", type="kyc.refresh_due", data=due)])
+    assert result.case_id is not None
+    client = browser(kyc)
+    page = signed_in(kyc, client, kyc.service.issue_link(result.case_id, "email"))
+    assert 'value="ana@example.com"' in page and 'value="+12125550123"' in page
+    form = {"csrf": csrf(page), "nonce": field(page, "nonce"), "option": "confirm_details"}
+    kept = {"email": "ana@example.com", "phone": "+12125550123"}
+    bad = client.post("/m/submit", data={**form, **kept, "phone": "555"})
+    assert bad.status_code == 422 and "phone number is not valid" in bad.text
+    half = client.post("/m/submit", data={**form, **kept, "line1": "1 Main St"})
+    assert half.status_code == 422 and "needs a street, a city" in half.text
+    new = {
+        **form,
+        **kept,
+        "phone": "(646) 555-0199",
+        "line1": "1 Main St",
+        "city": "Albany",
+        "state": "ny",
+        "postal_code": "12207",
+    }
+    asked = client.post("/m/submit", data=new)
+    assert asked.status_code == 200 and "a•••@example.com" in asked.text  # to the email on file
+    assert "change where we reach you" in asked.text
+    (code,) = codes_sent(kyc, result.case_id)
+    done = client.post("/m/code", data={**new, "code": code})
+    assert done.status_code == 303 and "it is done" in client.get("/m").text
+    case = kyc.runtime.case(result.case_id)
+    assert case.outcome == "details_updated"
+    assert case.submission["phone"] == "+16465550199" and case.submission["state"] == "NY"
+    assert case.submission["changed"] == ["phone"]

@@ -22,3 +22,14 @@ def e164_problem(address: str) -> str | None:
     if formatted != address:
         return f"{address!r} is not in E.164 form (expected {formatted})"
     return None
+
+
+def to_e164(text: str, region: str = "US") -> str | None:
+    """A number as a person types it ("(212) 555-0123"), in E.164; None if it is not valid."""
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)

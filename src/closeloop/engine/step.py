@@ -9,6 +9,7 @@ resumed run match an uninterrupted one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -16,6 +17,7 @@ from typing import Any
 
 from closeloop import policy
 from closeloop.contact import next_allowed
+from closeloop.contact.phone import to_e164
 from closeloop.engine.case import Case, Status
 from closeloop.engine.decision import (
     Decision,
@@ -361,6 +363,13 @@ def _submitted(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
     if option is None:
         return f"option {event.option!r} is not offered for this case"
     values = dict(event.values)
+    if option.kind == "confirm_details":
+        details = _details(case, values)
+        if isinstance(details, str):
+            return details
+        values = details
+        if details["changed"] and not event.one_time_code_verified:
+            return "a one-time code is required to change contact details"
     if option.instalments:  # an arrangement: the plan chosen must be one policy offers
         plan = _plan(option, values, d.now)
         if isinstance(plan, str):
@@ -419,6 +428,40 @@ def _submitted(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
         writebacks=keys,
     )
     return None
+
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_ZIP = re.compile(r"^\d{5}(-\d{4})?$")
+
+
+def _details(case: Case, values: dict[str, Any]) -> dict[str, Any] | str:
+    """Contact details as submitted, checked and normalised, with what changed; or why not."""
+    email = str(values.get("email", "")).strip()
+    phone_typed = str(values.get("phone", "")).strip()
+    phone = to_e164(phone_typed) if phone_typed else ""
+    if email and not _EMAIL.match(email):
+        return "the email address is not valid"
+    if phone is None:
+        return "the phone number is not valid"
+    address = {k: str(values.get(k, "")).strip() for k in ("line1", "city", "state", "postal_code")}
+    if any(address.values()):
+        if not all(address.values()):
+            return "the address needs a street, a city, a state and a ZIP code"
+        if len(address["state"]) != 2 or not address["state"].isalpha():
+            return "the state must be its two-letter code"
+        if not _ZIP.match(address["postal_code"]):
+            return "the ZIP code must be 5 digits"
+        address["state"] = address["state"].upper()
+    on_file = {c.channel: c.address for c in case.contacts}
+    changed = [
+        name
+        for name, given, held in (
+            ("email", email, on_file.get("email")),
+            ("phone", phone, on_file.get("sms")),
+        )
+        if given and given != held
+    ]
+    return {"email": email, "phone": phone, **address, "changed": changed}
 
 
 def _plan(

@@ -51,6 +51,18 @@ TEXT: Mapping[str, Mapping[str, str]] = {
             "Your card details go straight to our payment provider; we never see them."
         ),
         "option.update_card.frame": "Card details, with our payment provider",
+        "details.email": "Email",
+        "details.phone": "Mobile phone",
+        "details.address": "Postal address (leave empty to keep the one we have)",
+        "details.line1": "Street and number",
+        "details.city": "City",
+        "details.state": "State (two letters)",
+        "details.zip": "ZIP code",
+        "details.hint": "A new phone number or email needs a code we send to one we already have.",
+        "details.submit": "Confirm these details",
+        "code.confirm": "Confirm",
+        "code.why.pay": "To pay this much online we need one more check.",
+        "code.why.details": "To change where we reach you we need one more check.",
         "plan.count": "How many payments",
         "plan.count.item": "{count} payments of about {amount}",
         "plan.frequency": "How often",
@@ -70,7 +82,7 @@ TEXT: Mapping[str, Mapping[str, str]] = {
             "Choose how many payments, how often, and a first date from {first} to {last}."
         ),
         "attest.accept": "I have read this statement and I confirm it",
-        "attest.submit": "Confirm",
+        "attest.submit": "Confirm the statement",
         "attest.required": "Tick the box to confirm the statement, or call us if it is not right.",
         "card.title": "Your new card",
         "card.text": "Use the {brand} card ending {last4} (expires {expiry}) for your account?",
@@ -83,9 +95,7 @@ TEXT: Mapping[str, Mapping[str, str]] = {
             "here yet. Pay a smaller amount, or call us."
         ),
         "code.title": "Enter the code we sent you",
-        "code.text": (
-            "To pay this much online we sent a 6-digit code to {to}. It works for 10 minutes."
-        ),
+        "code.text": "We sent a 6-digit code to {to}. It works for 10 minutes.",
         "code.label": "6-digit code",
         "code.submit": "Confirm the payment of {amount}",
         "code.new": "Send me a new code",
@@ -148,6 +158,20 @@ TEXT: Mapping[str, Mapping[str, str]] = {
             "nosotros nunca los vemos."
         ),
         "option.update_card.frame": "Datos de la tarjeta, con nuestro proveedor de pagos",
+        "details.email": "Correo electrónico",
+        "details.phone": "Teléfono móvil",
+        "details.address": "Dirección postal (déjela vacía para conservar la que tenemos)",
+        "details.line1": "Calle y número",
+        "details.city": "Ciudad",
+        "details.state": "Estado (dos letras)",
+        "details.zip": "Código postal",
+        "details.hint": (
+            "Un teléfono o correo nuevo requiere un código que enviamos a uno que ya tenemos."
+        ),
+        "details.submit": "Confirmar estos datos",
+        "code.confirm": "Confirmar",
+        "code.why.pay": "Para pagar esta cantidad en línea necesitamos una comprobación más.",
+        "code.why.details": "Para cambiar dónde le contactamos necesitamos una comprobación más.",
         "plan.count": "Cuántos pagos",
         "plan.count.item": "{count} pagos de unos {amount}",
         "plan.frequency": "Cada cuánto",
@@ -167,7 +191,7 @@ TEXT: Mapping[str, Mapping[str, str]] = {
             "Elija cuántos pagos, cada cuánto y una primera fecha del {first} al {last}."
         ),
         "attest.accept": "He leído esta declaración y la confirmo",
-        "attest.submit": "Confirmar",
+        "attest.submit": "Confirmar la declaración",
         "attest.required": (
             "Marque la casilla para confirmar la declaración, o llámenos si no es correcta."
         ),
@@ -184,10 +208,7 @@ TEXT: Mapping[str, Mapping[str, str]] = {
             "no está disponible aquí. Pague un importe menor o llámenos."
         ),
         "code.title": "Escriba el código que le enviamos",
-        "code.text": (
-            "Para pagar esta cantidad en línea le enviamos un código de 6 dígitos a {to}. "
-            "Sirve durante 10 minutos."
-        ),
+        "code.text": "Le enviamos un código de 6 dígitos a {to}. Sirve durante 10 minutos.",
         "code.label": "Código de 6 dígitos",
         "code.submit": "Confirmar el pago de {amount}",
         "code.new": "Enviarme un código nuevo",

@@ -225,6 +225,10 @@ def router(app: App) -> APIRouter:
                 _shown(o, locale, statements.get(o.kind, {}), app.clock.now().date())
                 for o in offered
             ],
+            details={
+                "email": next((c.address for c in case.contacts if c.channel == "email"), ""),
+                "phone": next((c.address for c in case.contacts if c.channel == "sms"), ""),
+            },
             card_fields=card_fields,
         )
 
@@ -331,6 +335,8 @@ def router(app: App) -> APIRouter:
             return attest(session, case, form, nonce)
         if option is not None and option.kind == "arrangement" and nonce:
             return arrange(session, case, form, nonce)
+        if option is not None and option.kind == "confirm_details" and nonce:
+            return update_details(session, case, form, nonce)
         if option is None or option.kind != "pay_now" or not nonce:
             return show(session, case, error=text(locale, "stale.text"), status=422)
         amount = _amount(form.get("amount", ""))
@@ -353,7 +359,7 @@ def router(app: App) -> APIRouter:
             )
         except StateError as exc:
             if "one-time code" in str(exc) and not coded:
-                return ask_code(session, case, form, amount)
+                return ask_code(session, case, form)
             error = text(locale, "refused.text", reason=str(exc))
             return show(
                 session, app.runtime.case(case.id), error=error, error_field="amount", status=422
@@ -422,6 +428,25 @@ def router(app: App) -> APIRouter:
             return show(session, app.runtime.case(case.id), error=error, status=422)
         return RedirectResponse("/m", status_code=303)
 
+    def update_details(session: Session, case: Case, form: dict[str, str], nonce: str) -> Response:
+        fields = ("email", "phone", "line1", "city", "state", "postal_code")
+        values = {name: form.get(name, "") for name in fields}
+        coded = session.level == "one_time_code"
+        try:
+            app.service.submit(
+                case.id,
+                "confirm_details",
+                values,
+                key=f"web:{case.id}:{nonce}",
+                one_time_code_verified=coded,
+            )
+        except StateError as exc:
+            if "one-time code" in str(exc) and not coded:
+                return ask_code(session, case, form)
+            error = text(locale_of(case), "refused.text", reason=str(exc))
+            return show(session, case, error=error, error_field="details", status=422)
+        return RedirectResponse("/m", status_code=303)
+
     def attest(session: Session, case: Case, form: dict[str, str], nonce: str) -> Response:
         locale = locale_of(case)
         if form.get("accepted") != "yes":
@@ -439,13 +464,13 @@ def router(app: App) -> APIRouter:
         session: Session,
         case: Case,
         form: dict[str, str],
-        amount: Decimal,
         *,
         error: str = "",
         notice: str = "",
         to: str = "",
         status: int = 200,
     ) -> Response:
+        """The page asking for a one-time code; what the customer chose rides along."""
         locale = locale_of(case)
         if not to:
             try:
@@ -454,6 +479,12 @@ def router(app: App) -> APIRouter:
                 error = text(locale, "refused.text", reason=str(exc))
                 return show(session, case, error=error, status=429)
             to = sent.to
+        amount = _amount(form.get("amount", "")) if form.get("option") == "pay_now" else None
+        label = (
+            text(locale, "code.submit", amount=_money(amount))
+            if amount is not None
+            else text(locale, "code.confirm")
+        )
         return page(
             "code",
             locale,
@@ -461,10 +492,9 @@ def router(app: App) -> APIRouter:
             status,
             to=to,
             csrf=session.csrf,
-            nonce=form.get("nonce", ""),
-            option=form.get("option", ""),
-            amount=str(amount),
-            amount_shown=_money(amount),
+            carried=[(k, v) for k, v in form.items() if k not in ("csrf", "code")],
+            label=label,
+            reason=text(locale, "code.why.pay" if amount is not None else "code.why.details"),
             error=error,
             notice=notice,
         )
@@ -482,9 +512,6 @@ def router(app: App) -> APIRouter:
         if isinstance(checked, Response):
             return checked
         session, case, form = checked
-        amount = _amount(form.get("amount", ""))
-        if amount is None:
-            return show(session, case, error=text(locale_of(case), "stale.text"), status=422)
         attempt = f"web:{session.id[:12]}:code:{secrets.token_hex(8)}"
         try:
             passed = app.service.check_code(case.id, form.get("code", ""), key=attempt)
@@ -499,7 +526,7 @@ def router(app: App) -> APIRouter:
             left = max(0, limit - case.code_failures)
             error = text(locale_of(case), "code.wrong", left=left)
             to = app.service.code_destination(case.id, session.channel)
-            return ask_code(session, case, form, amount, error=error, to=to, status=422)
+            return ask_code(session, case, form, error=error, to=to, status=422)
         fresh = app.sessions.rotate(session, level="one_time_code")
         return with_session(pay(fresh, case, form), fresh)
 
@@ -509,17 +536,14 @@ def router(app: App) -> APIRouter:
         if isinstance(checked, Response):
             return checked
         session, case, form = checked
-        amount = _amount(form.get("amount", ""))
-        if amount is None:
-            return show(session, case, error=text(locale_of(case), "stale.text"), status=422)
         try:
             sent = app.service.send_code(case.id, session.channel, locale=locale_of(case))
         except StateError as exc:
             error = text(locale_of(case), "refused.text", reason=str(exc))
             to = app.service.code_destination(case.id, session.channel)
-            return ask_code(session, case, form, amount, error=error, to=to, status=429)
+            return ask_code(session, case, form, error=error, to=to, status=429)
         notice = text(locale_of(case), "code.again", to=sent.to)
-        return ask_code(session, case, form, amount, notice=notice, to=sent.to)
+        return ask_code(session, case, form, notice=notice, to=sent.to)
 
     # -- the link -------------------------------------------------------------------
     @routes.get("/m/{token}", response_class=HTMLResponse, include_in_schema=False)
