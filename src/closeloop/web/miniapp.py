@@ -153,6 +153,50 @@ def router(app: App) -> APIRouter:
     def csrf_ok(session: Session, form: dict[str, str]) -> bool:
         return hmac.compare_digest(form.get("csrf", ""), session.csrf)
 
+    def expired(request: Request) -> HTMLResponse:
+        locale = pick(request.headers.get("accept-language"))
+        return message(locale, "expired.title", "expired.text", status=401)
+
+    async def posted(
+        request: Request, *, verified: bool = True
+    ) -> tuple[Session, Case, dict[str, str]] | Response:
+        """The session, its case and the form of a POST: checked for CSRF (and identity)."""
+        form = await _form(request)
+        session = current(request)
+        if session is None:
+            return expired(request)
+        case = app.runtime.case(session.case_id)
+        if not csrf_ok(session, form):
+            return show(session, case, error=text(locale_of(case), "stale.text"), status=403)
+        if verified and not session.verified:
+            return show(session, case, status=403)
+        return session, case, form
+
+    def submitted(
+        session: Session,
+        case: Case,
+        form: dict[str, str],
+        option: str,
+        values: dict[str, Any],
+        *,
+        coded: bool = False,
+        field: str = "",
+    ) -> Response:
+        """Submit an outcome; on to the confirmation, or back with why (or to a code)."""
+        nonce = form.get("nonce", "")
+        try:
+            app.service.submit(
+                case.id, option, values, key=f"web:{case.id}:{nonce}", one_time_code_verified=coded
+            )
+        except StateError as exc:
+            if "one-time code" in str(exc) and not coded:
+                return ask_code(session, case, form)
+            error = text(locale_of(case), "refused.text", reason=str(exc))
+            return show(
+                session, app.runtime.case(case.id), error=error, error_field=field, status=422
+            )
+        return RedirectResponse("/m", status_code=303)
+
     # -- assets (no personal data: cacheable) ---------------------------------
     @routes.get("/m/assets/app.css", include_in_schema=False)
     def app_css() -> Response:
@@ -169,8 +213,7 @@ def router(app: App) -> APIRouter:
     def home(request: Request) -> Response:
         session = current(request)
         if session is None:
-            locale = pick(request.headers.get("accept-language"))
-            return message(locale, "expired.title", "expired.text", status=401)
+            return expired(request)
         return show(session, app.runtime.case(session.case_id))
 
     def show(
@@ -242,8 +285,7 @@ def router(app: App) -> APIRouter:
         """Where the provider sends the customer back with a token: shows it, changes nothing."""
         session = current(request)
         if session is None:
-            locale = pick(request.headers.get("accept-language"))
-            return message(locale, "expired.title", "expired.text", status=401)
+            return expired(request)
         case = app.runtime.case(session.case_id)
         if not session.verified or not hmac.compare_digest(state, card_state(session)):
             return show(session, case, error=text(locale_of(case), "stale.text"), status=403)
@@ -260,7 +302,7 @@ def router(app: App) -> APIRouter:
 
     @routes.post("/m/card", response_class=HTMLResponse, include_in_schema=False)
     async def card_confirmed(request: Request) -> Response:
-        checked = await verified_request(request)
+        checked = await posted(request)
         if isinstance(checked, Response):
             return checked
         session, case, form = checked
@@ -269,26 +311,15 @@ def router(app: App) -> APIRouter:
         nonce = form.get("nonce", "")
         if "update_card" not in offered or card is None or not nonce:
             return show(session, case, error=text(locale_of(case), "stale.text"), status=422)
-        try:
-            app.service.submit(
-                case.id, "update_card", {"token_ref": card.token}, key=f"web:{case.id}:{nonce}"
-            )
-        except StateError as exc:
-            error = text(locale_of(case), "refused.text", reason=str(exc))
-            return show(session, app.runtime.case(case.id), error=error, status=422)
-        return RedirectResponse("/m", status_code=303)
+        return submitted(session, case, form, "update_card", {"token_ref": card.token})
 
     # -- identity -------------------------------------------------------------------
     @routes.post("/m/identity", response_class=HTMLResponse, include_in_schema=False)
     async def identity(request: Request) -> Response:
-        form = await _form(request)
-        session = current(request)
-        if session is None:
-            locale = pick(request.headers.get("accept-language"))
-            return message(locale, "expired.title", "expired.text", status=401)
-        case = app.runtime.case(session.case_id)
-        if not csrf_ok(session, form):
-            return show(session, case, error=text(locale_of(case), "stale.text"), status=403)
+        checked = await posted(request, verified=False)
+        if isinstance(checked, Response):
+            return checked
+        session, case, form = checked
         if session.verified:
             return RedirectResponse("/m", status_code=303)
         facts = app.runtime.spec_for(case).spec.identity.known_facts
@@ -311,33 +342,34 @@ def router(app: App) -> APIRouter:
         return show(session, case, error=error, status=422)
 
     # -- outcomes -------------------------------------------------------------------
-    async def verified_request(request: Request) -> tuple[Session, Case, dict[str, str]] | Response:
-        """The session, its case and the form of a POST that needs a verified session."""
-        form = await _form(request)
-        session = current(request)
-        if session is None:
-            locale = pick(request.headers.get("accept-language"))
-            return message(locale, "expired.title", "expired.text", status=401)
-        case = app.runtime.case(session.case_id)
-        if not csrf_ok(session, form):
-            return show(session, case, error=text(locale_of(case), "stale.text"), status=403)
-        if not session.verified:
-            return show(session, case, status=403)
-        return session, case, form
-
     def pay(session: Session, case: Case, form: dict[str, str]) -> Response:
-        """Submit the option chosen in `form`; a payment may first need a one-time code."""
+        """Submit the option chosen in `form` (a payment or a change may need a code first)."""
         locale = locale_of(case)
         offered = {o.kind: o for o in app.service.options(case.id)}
         option = offered.get(form.get("option", ""))
-        nonce = form.get("nonce", "")
-        if option is not None and option.kind == "attestation" and nonce:
-            return attest(session, case, form, nonce)
-        if option is not None and option.kind == "arrangement" and nonce:
-            return arrange(session, case, form, nonce)
-        if option is not None and option.kind == "confirm_details" and nonce:
-            return update_details(session, case, form, nonce)
-        if option is None or option.kind != "pay_now" or not nonce:
+        if option is None or not form.get("nonce"):
+            return show(session, case, error=text(locale, "stale.text"), status=422)
+        coded = session.level == "one_time_code"
+        if option.kind == "attestation":
+            if form.get("accepted") != "yes":
+                error = text(locale, "attest.required")
+                return show(session, case, error=error, error_field="accepted", status=422)
+            values = {"statement_version": form.get("statement_version", ""), "accepted": True}
+            return submitted(session, case, form, "attestation", values)
+        if option.kind == "arrangement":
+            plan = plan_of(case, form)
+            if isinstance(plan, str):
+                return show(session, case, error=plan, error_field="plan", status=422)
+            _, count, frequency, first = plan
+            values = {"instalments": count, "frequency": frequency, "first_date": str(first)}
+            return submitted(session, case, form, "arrangement", values)
+        if option.kind == "confirm_details":
+            fields = ("email", "phone", "line1", "city", "state", "postal_code")
+            values = {name: form.get(name, "") for name in fields}
+            return submitted(
+                session, case, form, "confirm_details", values, coded=coded, field="details"
+            )
+        if option.kind != "pay_now":
             return show(session, case, error=text(locale, "stale.text"), status=422)
         amount = _amount(form.get("amount", ""))
         low, high = option.minimum, option.maximum
@@ -348,23 +380,8 @@ def router(app: App) -> APIRouter:
         ):
             error = text(locale, "amount.invalid", minimum=_money(low), maximum=_money(high))
             return show(session, case, error=error, error_field="amount", status=422)
-        coded = session.level == "one_time_code"
-        try:
-            app.service.submit(
-                case.id,
-                "pay_now",
-                {"amount": str(amount)},
-                key=f"web:{case.id}:{nonce}",
-                one_time_code_verified=coded,
-            )
-        except StateError as exc:
-            if "one-time code" in str(exc) and not coded:
-                return ask_code(session, case, form)
-            error = text(locale, "refused.text", reason=str(exc))
-            return show(
-                session, app.runtime.case(case.id), error=error, error_field="amount", status=422
-            )
-        return RedirectResponse("/m", status_code=303)
+        values = {"amount": str(amount)}
+        return submitted(session, case, form, "pay_now", values, coded=coded, field="amount")
 
     def plan_of(case: Case, form: dict[str, str]) -> tuple[OfferedOption, int, str, date] | str:
         """The plan a form asks for, if policy offers it; else the error to show."""
@@ -392,7 +409,7 @@ def router(app: App) -> APIRouter:
     @routes.post("/m/plan", response_class=HTMLResponse, include_in_schema=False)
     async def review_plan(request: Request) -> Response:
         """The schedule of the plan chosen, to agree to (changes nothing)."""
-        checked = await verified_request(request)
+        checked = await posted(request)
         if isinstance(checked, Response):
             return checked
         session, case, form = checked
@@ -414,51 +431,6 @@ def router(app: App) -> APIRouter:
             frequency=frequency,
             first_date=first.isoformat(),
         )
-
-    def arrange(session: Session, case: Case, form: dict[str, str], nonce: str) -> Response:
-        plan = plan_of(case, form)
-        if isinstance(plan, str):
-            return show(session, case, error=plan, error_field="plan", status=422)
-        _, count, frequency, first = plan
-        values = {"instalments": count, "frequency": frequency, "first_date": first.isoformat()}
-        try:
-            app.service.submit(case.id, "arrangement", values, key=f"web:{case.id}:{nonce}")
-        except StateError as exc:
-            error = text(locale_of(case), "refused.text", reason=str(exc))
-            return show(session, app.runtime.case(case.id), error=error, status=422)
-        return RedirectResponse("/m", status_code=303)
-
-    def update_details(session: Session, case: Case, form: dict[str, str], nonce: str) -> Response:
-        fields = ("email", "phone", "line1", "city", "state", "postal_code")
-        values = {name: form.get(name, "") for name in fields}
-        coded = session.level == "one_time_code"
-        try:
-            app.service.submit(
-                case.id,
-                "confirm_details",
-                values,
-                key=f"web:{case.id}:{nonce}",
-                one_time_code_verified=coded,
-            )
-        except StateError as exc:
-            if "one-time code" in str(exc) and not coded:
-                return ask_code(session, case, form)
-            error = text(locale_of(case), "refused.text", reason=str(exc))
-            return show(session, case, error=error, error_field="details", status=422)
-        return RedirectResponse("/m", status_code=303)
-
-    def attest(session: Session, case: Case, form: dict[str, str], nonce: str) -> Response:
-        locale = locale_of(case)
-        if form.get("accepted") != "yes":
-            error = text(locale, "attest.required")
-            return show(session, case, error=error, error_field="accepted", status=422)
-        values = {"statement_version": form.get("statement_version", ""), "accepted": True}
-        try:
-            app.service.submit(case.id, "attestation", values, key=f"web:{case.id}:{nonce}")
-        except StateError as exc:
-            error = text(locale, "refused.text", reason=str(exc))
-            return show(session, app.runtime.case(case.id), error=error, status=422)
-        return RedirectResponse("/m", status_code=303)
 
     def ask_code(
         session: Session,
@@ -501,14 +473,14 @@ def router(app: App) -> APIRouter:
 
     @routes.post("/m/submit", response_class=HTMLResponse, include_in_schema=False)
     async def submit(request: Request) -> Response:
-        checked = await verified_request(request)
+        checked = await posted(request)
         if isinstance(checked, Response):
             return checked
         return pay(*checked)
 
     @routes.post("/m/code", response_class=HTMLResponse, include_in_schema=False)
     async def enter_code(request: Request) -> Response:
-        checked = await verified_request(request)
+        checked = await posted(request)
         if isinstance(checked, Response):
             return checked
         session, case, form = checked
@@ -532,7 +504,7 @@ def router(app: App) -> APIRouter:
 
     @routes.post("/m/code/new", response_class=HTMLResponse, include_in_schema=False)
     async def new_code(request: Request) -> Response:
-        checked = await verified_request(request)
+        checked = await posted(request)
         if isinstance(checked, Response):
             return checked
         session, case, form = checked
