@@ -61,6 +61,13 @@ def case_and_link(
     return result.case_id, app.service.issue_link(result.case_id, "sms")
 
 
+def kyc_case(app: App, ident: str) -> str:
+    due = {"account_id": "A1", "due_date": "2026-04-01"}
+    (result,) = app.runtime.intake([TriggerIn(id=ident, type="kyc.refresh_due", data=due)])
+    assert result.case_id is not None
+    return result.case_id
+
+
 def link_for(app: App, amount: str = "120.50", account: str = "A1", ident: str = "t1") -> str:
     return case_and_link(app, amount, account, ident)[1]
 
@@ -172,10 +179,8 @@ def test_a_new_card_typed_into_the_providers_frame(served: tuple[App, str], phon
 
 def test_an_attestation_read_and_confirmed(served: tuple[App, str], phone: Any) -> None:
     app, _ = served
-    due = {"account_id": "A1", "due_date": "2026-04-01"}
-    (result,) = app.runtime.intake([TriggerIn(id="k1", type="kyc.refresh_due", data=due)])
-    assert result.case_id is not None
-    open_and_verify(phone, app.service.issue_link(result.case_id, "email"))
+    case_id = kyc_case(app, "k1")
+    open_and_verify(phone, app.service.issue_link(case_id, "email"))
     assert "true, complete and current" in phone.get_by_role("blockquote").inner_text()
     accessible(phone)
     confirm = phone.get_by_role("button", name="Confirm the statement")
@@ -184,7 +189,7 @@ def test_an_attestation_read_and_confirmed(served: tuple[App, str], phone: Any) 
     phone.get_by_label("I have read this statement and I confirm it").check()
     confirm.click()
     phone.get_by_role("heading", name="Thank you, it is done").wait_for()
-    assert app.runtime.case(result.case_id).outcome == "attested"
+    assert app.runtime.case(case_id).outcome == "attested"
 
 
 def test_a_payment_plan_on_a_phone(served: tuple[App, str], phone: Any) -> None:
@@ -204,10 +209,8 @@ def test_a_payment_plan_on_a_phone(served: tuple[App, str], phone: Any) -> None:
 
 def test_correcting_details_on_a_phone(served: tuple[App, str], phone: Any) -> None:
     app, _ = served
-    due = {"account_id": "A1", "due_date": "2026-04-01"}
-    (result,) = app.runtime.intake([TriggerIn(id="k2", type="kyc.refresh_due", data=due)])
-    assert result.case_id is not None
-    open_and_verify(phone, app.service.issue_link(result.case_id, "sms"))
+    case_id = kyc_case(app, "k2")
+    open_and_verify(phone, app.service.issue_link(case_id, "sms"))
     accessible(phone)
     phone.get_by_label("Email").fill("ana.new@example.com")
     phone.get_by_role("button", name="Confirm these details").click()
@@ -217,4 +220,4 @@ def test_correcting_details_on_a_phone(served: tuple[App, str], phone: Any) -> N
     phone.get_by_label("6-digit code").fill(re.findall(r"\b\d{6}\b", sms["body"])[0])
     phone.get_by_role("button", name="Confirm", exact=True).click()
     phone.get_by_role("heading", name="Thank you, it is done").wait_for()
-    assert app.runtime.case(result.case_id).submission["email"] == "ana.new@example.com"
+    assert app.runtime.case(case_id).submission["email"] == "ana.new@example.com"
