@@ -44,6 +44,8 @@ class OfferedOption:
     instalments: tuple[int, ...] = ()
     frequencies: tuple[str, ...] = ()
     first_within: timedelta | None = None
+    types: tuple[str, ...] = ()  # an upload's allowed file types
+    max_bytes: int = 0
 
 
 def _copier(value: Mapping[str, Any]) -> Callable[[], dict[str, Any]]:
@@ -164,6 +166,8 @@ def options(
                 instalments=counts,
                 frequencies=tuple(option.frequencies or ()),
                 first_within=option.first_within,
+                types=tuple(option.types or ()),
+                max_bytes=(option.max_mb or 10) * 1024 * 1024 if option.types else 0,
             )
         )
     return offered

@@ -221,3 +221,24 @@ def test_correcting_details_on_a_phone(served: tuple[App, str], phone: Any) -> N
     phone.get_by_role("button", name="Confirm", exact=True).click()
     phone.get_by_role("heading", name="Thank you, it is done").wait_for()
     assert app.runtime.case(case_id).submission["email"] == "ana.new@example.com"
+
+
+def test_sending_a_document_from_a_phone(
+    served: tuple[App, str], phone: Any, tmp_path: Path
+) -> None:
+    app, _ = served
+    case_id = kyc_case(app, "k3")
+    open_and_verify(phone, app.service.issue_link(case_id, "email"))
+    wrong = tmp_path / "photo.png"
+    wrong.write_bytes(b"GIF89a" + b"\0" * 64)
+    phone.get_by_label("Your document").set_input_files(str(wrong))
+    phone.get_by_role("button", name="Send the document").click()
+    assert "not one we take" in phone.get_by_role("alert").inner_text()
+    assert phone.get_by_label("Your document").get_attribute("aria-invalid") == "true"
+    accessible(phone)
+    proof = tmp_path / "proof.pdf"
+    proof.write_bytes(b"%PDF-1.4\n%%EOF\n")
+    phone.get_by_label("Your document").set_input_files(str(proof))
+    phone.get_by_role("button", name="Send the document").click()
+    phone.get_by_role("heading", name="Thank you, it is done").wait_for()
+    assert app.runtime.case(case_id).outcome == "document_received"

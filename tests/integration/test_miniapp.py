@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from closeloop.app import App, Settings, TriggerIn, build
 from closeloop.app.bootstrap import identity_key
+from closeloop.app.documents import EICAR
 from closeloop.clock import SimClock
 from closeloop.engine import Status
 from closeloop.errors import InputError
@@ -478,3 +479,48 @@ def test_details_are_checked_and_a_new_phone_needs_a_code(kyc: App) -> None:
     assert case.outcome == "details_updated"
     assert case.submission["phone"] == "+16465550199" and case.submission["state"] == "NY"
     assert case.submission["changed"] == ["phone"]
+
+
+PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << >>\n%%EOF\n"
+
+
+def test_documents_are_checked_kept_out_of_reach_and_scanned(kyc: App, tmp_path: Path) -> None:
+    due = {"account_id": "A1", "due_date": "2026-04-01"}
+    (result,) = kyc.runtime.intake([TriggerIn(id="k3", type="kyc.refresh_due", data=due)])
+    assert result.case_id is not None
+    client = browser(kyc)
+    page = signed_in(kyc, client, kyc.service.issue_link(result.case_id, "email"))
+    assert 'enctype="multipart/form-data"' in page and "PDF, JPEG, PNG, up to 5 MB" in page
+    form = {"csrf": csrf(page), "nonce": field(page, "nonce")}
+    folder = tmp_path / "documents"
+
+    def send(content: bytes, name: str = "proof.pdf", data: dict[str, str] = form) -> object:
+        return client.post(
+            "/m/upload", data=data, files={"file": (name, content, "application/pdf")}
+        )
+
+    gif = send(b"GIF89a" + b"\0" * 100, name="proof.pdf")  # its name says PDF; its bytes do not
+    assert gif.status_code == 415 and "send a PDF, JPEG, PNG" in gif.text
+    big = send(PDF + b"0" * (5 * 1024 * 1024))
+    assert big.status_code == 413 and "larger than 5 MB" in big.text
+    forged = send(PDF, data={**form, "csrf": "forged"})
+    assert forged.status_code == 403
+    eicar = send(PDF + b"\n" + EICAR)
+    assert eicar.status_code == 422 and "security check" in eicar.text
+    assert list((folder / "incoming").iterdir()) == []  # nothing refused is left behind
+    done = send(PDF)
+    assert done.status_code == 303 and "it is done" in client.get("/m").text
+    case = kyc.runtime.case(result.case_id)
+    assert case.outcome == "document_received"
+    ref = str(case.submission["document_ref"])
+    with kyc.store.read() as tx:
+        row = tx.document(ref)
+        statuses = sorted(
+            r[0] for r in tx.c.execute(sa.text("SELECT status FROM documents")).fetchall()
+        )
+    assert row is not None and row["status"] == "clean" and row["type"] == "pdf"
+    assert statuses == ["clean", "infected"]
+    kept = folder / "store" / ref
+    assert kept.read_bytes() == PDF and "proof" not in ref  # a name the server made
+    assert client.get(f"/m/{ref}").status_code == 200  # only the landing page: nothing served
+    assert PDF not in client.get(f"/m/{ref}").content

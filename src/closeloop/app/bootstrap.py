@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from closeloop.app.dispatch import Dispatcher, RetryPolicy
+from closeloop.app.documents import CommandScanner, Documents, EicarScanner
 from closeloop.app.inbound import Inbound, Program
 from closeloop.app.pacing import Pace
 from closeloop.app.runtime import Runtime, Workflows
@@ -45,6 +46,7 @@ class App:
     inbound: Inbound
     telemetry: Telemetry
     sessions: Sessions
+    documents: Documents
 
     def work(self, limit: int | None = None) -> int:
         """Run due timers, messages and writebacks until nothing is due now."""
@@ -237,4 +239,10 @@ def build(
         inbound=inbound,
         telemetry=telemetry,
         sessions=Sessions(store, clock),
+        documents=Documents(
+            store,
+            clock,
+            settings.data_dir / "documents",
+            CommandScanner(settings.scan_command) if settings.scan_command else EicarScanner(),
+        ),
     )

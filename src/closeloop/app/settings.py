@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     card_api_key: SecretStr | None = Field(
         default=None, description="the key closeloop asks the provider's token API with"
     )
+    scan_command: str | None = Field(
+        default=None,
+        description="scans each uploaded document (its path appended; exit 0 clean, 1 infected)",
+    )
     identity_key: SecretStr | None = Field(
         default=None,
         description="key (64 hex digits) for comparing known facts as keyed hashes; "

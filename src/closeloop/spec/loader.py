@@ -212,6 +212,10 @@ def _check_meaning(spec: Spec, text: str, problem: Any) -> CompiledSpec:
                 )
         elif option.statement is not None or option.statement_version is not None:
             problems.append(problem((*base, "statement"), "only an attestation has a statement"))
+        if kind == "upload_document" and not option.types:
+            problems.append(problem((*base, "types"), "an upload needs the file types it takes"))
+        elif kind != "upload_document" and (option.types or option.max_mb):
+            problems.append(problem((*base, "types"), "only an upload takes files"))
         plan = (option.instalments, option.frequencies, option.first_within)
         if kind == "arrangement":
             for name, value in zip(

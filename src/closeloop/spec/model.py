@@ -150,6 +150,9 @@ class Option(SpecModel):
     frequencies: list[Literal["weekly", "fortnightly", "monthly"]] | None = None
     first_within: Duration | None = None
     min_instalment: str | None = None
+    # upload_document: what may be uploaded, and how large
+    types: list[Literal["pdf", "jpeg", "png"]] | None = None
+    max_mb: int | None = Field(default=None, ge=1, le=25)
     # attestation: the statement the customer confirms, per locale, and its version
     statement: dict[str, str] | None = None
     statement_version: str | None = Field(default=None, min_length=1, max_length=100)

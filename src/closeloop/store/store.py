@@ -38,6 +38,7 @@ from closeloop.store.tables import (
     cases,
     consents,
     delivery_receipts,
+    documents,
     inbound_messages,
     miniapp_sessions,
     one_time_codes,
@@ -736,6 +737,14 @@ class Tx:
             .values(ended_at=now)
         )
         return result.rowcount == 1
+
+    # -- documents -----------------------------------------------------------
+    def save_document(self, row: dict[str, Any]) -> None:
+        self.c.execute(documents.insert(), row)
+
+    def document(self, document_id: str) -> dict[str, Any] | None:
+        row = self.c.execute(sa.select(documents).where(documents.c.id == document_id)).first()
+        return dict(row._mapping) if row else None
 
     # -- one-time codes ------------------------------------------------------
     def save_code(self, row: dict[str, Any]) -> None:

@@ -164,6 +164,20 @@ miniapp_sessions = sa.Table(
     sa.Index("ix_miniapp_sessions_case", "case_id"),
 )
 
+documents = sa.Table(
+    "documents",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),  # also the stored file's name
+    sa.Column("case_id", sa.String(64), nullable=False),
+    sa.Column("type", sa.String(8), nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending_scan, clean, infected
+    sa.Column("stored_at", UTCDateTime, nullable=False),
+    sa.Column("scanned_at", UTCDateTime),
+    sa.Index("ix_documents_case", "case_id"),
+)
+
 one_time_codes = sa.Table(
     "one_time_codes",
     metadata,

@@ -51,6 +51,13 @@ TEXT: Mapping[str, Mapping[str, str]] = {
             "Your card details go straight to our payment provider; we never see them."
         ),
         "option.update_card.frame": "Card details, with our payment provider",
+        "upload.label": "Your document",
+        "upload.hint": "{types}, up to {mb} MB",
+        "upload.submit": "Send the document",
+        "upload.too_large": "That file is larger than {mb} MB.",
+        "upload.empty": "Choose a file to send.",
+        "upload.type": "That file is not one we take: send a {types}.",
+        "upload.refused": "That file did not pass our security check. Send another, or call us.",
         "details.email": "Email",
         "details.phone": "Mobile phone",
         "details.address": "Postal address (leave empty to keep the one we have)",
@@ -158,6 +165,15 @@ TEXT: Mapping[str, Mapping[str, str]] = {
             "nosotros nunca los vemos."
         ),
         "option.update_card.frame": "Datos de la tarjeta, con nuestro proveedor de pagos",
+        "upload.label": "Su documento",
+        "upload.hint": "{types}, hasta {mb} MB",
+        "upload.submit": "Enviar el documento",
+        "upload.too_large": "Ese archivo ocupa más de {mb} MB.",
+        "upload.empty": "Elija un archivo para enviar.",
+        "upload.type": "No aceptamos ese archivo: envíe un {types}.",
+        "upload.refused": (
+            "Ese archivo no superó nuestro control de seguridad. Envíe otro o llámenos."
+        ),
         "details.email": "Correo electrónico",
         "details.phone": "Teléfono móvil",
         "details.address": "Dirección postal (déjela vacía para conservar la que tenemos)",

@@ -27,12 +27,14 @@ from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import partial
 from importlib import resources
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
+from python_multipart import MultipartParser
+from python_multipart.multipart import parse_options_header
 
 from closeloop.app import App
 from closeloop.app.sessions import Session
@@ -47,6 +49,7 @@ COOKIE = "__Host-closeloop-session"
 # so unknown, expired and used links cannot be told apart by their timing.
 FAILURE_FLOOR = 0.25
 _CENT = Decimal("0.01")
+_ACCEPT = {"pdf": "application/pdf", "jpeg": "image/jpeg", "png": "image/png"}
 
 _INPUTS = {  # how each known fact is typed on a phone
     "date_of_birth": ("text", "bday"),
@@ -313,6 +316,59 @@ def router(app: App) -> APIRouter:
             return show(session, case, error=text(locale_of(case), "stale.text"), status=422)
         return submitted(session, case, form, "update_card", {"token_ref": card.token})
 
+    # -- documents ------------------------------------------------------------------
+    @routes.post("/m/upload", response_class=HTMLResponse, include_in_schema=False)
+    async def upload(request: Request) -> Response:
+        """A document, streamed to a server-named file and cut off at the size limit."""
+        session = current(request)
+        if session is None:
+            return expired(request)
+        case = app.runtime.case(session.case_id)
+        locale = locale_of(case)
+        option = {o.kind: o for o in app.service.options(case.id)}.get("upload_document")
+        if not session.verified or option is None:
+            return show(session, case, status=403)
+        kind, params = parse_options_header(request.headers.get("content-type", ""))
+        if kind != b"multipart/form-data" or b"boundary" not in params:
+            return show(session, case, error=text(locale, "stale.text"), status=400)
+        too_large = text(locale, "upload.too_large", mb=option.max_bytes // (1024 * 1024))
+        if int(request.headers.get("content-length") or 0) > option.max_bytes + 65536:
+            return show(session, case, error=too_large, error_field="file", status=413)
+        document_id, sink = app.documents.receive()
+        part = _Part(limit=option.max_bytes, sink=sink)
+        try:
+            parser = MultipartParser(params[b"boundary"], part.callbacks())  # type: ignore[arg-type]
+            async for chunk in request.stream():
+                parser.write(chunk)
+                if part.over:
+                    break
+            else:
+                parser.finalize()
+        finally:
+            sink.close()
+        if part.over or not csrf_ok(session, part.fields) or not part.size:
+            app.documents.discard(document_id)
+            if part.over:
+                return show(session, case, error=too_large, error_field="file", status=413)
+            if not part.size:
+                error = text(locale, "upload.empty")
+                return show(session, case, error=error, error_field="file", status=422)
+            return show(session, case, error=text(locale, "stale.text"), status=403)
+        stored = app.documents.accept(case.id, document_id, option.types)
+        if stored is None:
+            error = text(locale, "upload.type", types=", ".join(t.upper() for t in option.types))
+            return show(session, case, error=error, error_field="file", status=415)
+        if not stored.clean:
+            error = text(locale, "upload.refused")
+            return show(session, case, error=error, error_field="file", status=422)
+        values = {
+            "document_ref": stored.id,
+            "type": stored.type,
+            "size": stored.size,
+            "sha256": stored.sha256,
+        }
+        return submitted(session, case, part.fields, "upload_document", values)
+
     # -- identity -------------------------------------------------------------------
     @routes.post("/m/identity", response_class=HTMLResponse, include_in_schema=False)
     async def identity(request: Request) -> Response:
@@ -543,6 +599,65 @@ def router(app: App) -> APIRouter:
     return routes
 
 
+class _Part:
+    """What a streamed multipart upload carries: a few small fields and one file."""
+
+    def __init__(self, *, limit: int, sink: BinaryIO) -> None:
+        self.limit, self.sink = limit, sink
+        self.fields: dict[str, str] = {}
+        self.size = 0
+        self.over = False
+        self._header = self._value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._name = ""
+        self._file = False
+        self._data = bytearray()
+
+    def callbacks(self) -> dict[str, Any]:
+        def begin() -> None:
+            self._headers, self._name, self._file, self._data = {}, "", False, bytearray()
+
+        def header_field(data: bytes, start: int, end: int) -> None:
+            self._header += data[start:end]
+
+        def header_value(data: bytes, start: int, end: int) -> None:
+            self._value += data[start:end]
+
+        def header_end() -> None:
+            self._headers[self._header.lower()] = self._value
+            self._header = self._value = b""
+
+        def headers_finished() -> None:
+            _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+            self._name = options.get(b"name", b"").decode("utf-8", "replace")
+            self._file = b"filename" in options
+
+        def data(chunk: bytes, start: int, end: int) -> None:
+            piece = chunk[start:end]
+            if self._file:
+                self.size += len(piece)
+                if self.size > self.limit:
+                    self.over = True
+                    return
+                self.sink.write(piece)
+            elif len(self._data) + len(piece) <= 1024:  # a form field, never large
+                self._data += piece
+
+        def end() -> None:
+            if not self._file and self._name:
+                self.fields[self._name] = self._data.decode("utf-8", "replace")
+
+        return {
+            "on_part_begin": begin,
+            "on_header_field": header_field,
+            "on_header_value": header_value,
+            "on_header_end": header_end,
+            "on_headers_finished": headers_finished,
+            "on_part_data": data,
+            "on_part_end": end,
+        }
+
+
 async def _form(request: Request) -> dict[str, str]:
     form = await request.form()
     return {k: v for k, v in form.items() if isinstance(v, str)}
@@ -579,6 +694,9 @@ def _shown(
         "statement": (statement.get(locale) or statement.get("en") or "").strip(),
         "plans": [(n, _money(option.maximum / n)) for n in option.instalments if option.maximum],
         "frequencies": option.frequencies,
+        "types_shown": ", ".join(t.upper() for t in option.types),
+        "accept": ",".join(_ACCEPT[t] for t in option.types),
+        "max_mb": option.max_bytes // (1024 * 1024),
         "first_min": today.isoformat(),
         "first_max": (today + (option.first_within or timedelta(0))).isoformat(),
         "statement_version": option.statement_version or "",

@@ -1,4 +1,4 @@
-"""Mini-app sessions, kept on the server, and one-time codes.
+"""Mini-app sessions, kept on the server, one-time codes and uploaded documents.
 
 Revision ID: 0005
 Revises: 0004
@@ -47,8 +47,23 @@ def upgrade() -> None:
     )
     op.create_index("ix_one_time_codes_case", "one_time_codes", ["case_id", "created_at"])
 
+    op.create_table(
+        "documents",
+        sa.Column("id", sa.String(40), primary_key=True),
+        sa.Column("case_id", sa.String(64), nullable=False),
+        sa.Column("type", sa.String(8), nullable=False),
+        sa.Column("size", sa.Integer, nullable=False),
+        sa.Column("sha256", sa.String(64), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("stored_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("scanned_at", sa.DateTime(timezone=True)),
+    )
+    op.create_index("ix_documents_case", "documents", ["case_id"])
+
 
 def downgrade() -> None:
+    op.drop_index("ix_documents_case", table_name="documents")
+    op.drop_table("documents")
     op.drop_index("ix_one_time_codes_case", table_name="one_time_codes")
     op.drop_table("one_time_codes")
     op.drop_index("ix_miniapp_sessions_case", table_name="miniapp_sessions")
