@@ -524,3 +524,16 @@ def test_documents_are_checked_kept_out_of_reach_and_scanned(kyc: App, tmp_path:
     assert kept.read_bytes() == PDF and "proof" not in ref  # a name the server made
     assert client.get(f"/m/{ref}").status_code == 200  # only the landing page: nothing served
     assert PDF not in client.get(f"/m/{ref}").content
+
+
+def test_a_fact_the_record_lacks_matches_no_answer(app: App) -> None:
+    blank = {
+        **ACCOUNT,
+        "account_id": "A3",
+        "secrets": {"date_of_birth": "1980-02-03", "postal_code": ""},
+    }
+    app.ledger.add_accounts([blank])
+    case_id, link = opened(app, account="A3", trigger_id="t-blank")
+    app.service.redeem(link.rsplit("/", 1)[1], key="open")
+    answers = {"date_of_birth": "1980-02-03", "postal_code": ""}
+    assert not app.service.verify_identity(case_id, answers, key="try-1")

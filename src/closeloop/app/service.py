@@ -149,7 +149,8 @@ class CustomerService:
         wanted = compiled.spec.identity.known_facts
         matches = [
             hmac.compare_digest(
-                self._keyed(answers.get(fact, "")), self._keyed(expected.get(fact), missing=True)
+                self._keyed(answers.get(fact, "")),
+                self._keyed(expected.get(fact) or None, missing=True),
             )
             for fact in wanted
         ]
