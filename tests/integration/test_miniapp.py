@@ -505,6 +505,12 @@ def test_documents_are_checked_kept_out_of_reach_and_scanned(kyc: App, tmp_path:
     assert big.status_code == 413 and "larger than 5 MB" in big.text
     forged = send(PDF, data={**form, "csrf": "forged"})
     assert forged.status_code == 403
+    broken = client.post(
+        "/m/upload",
+        content=b"--xyz\r\nno headers here\r\n\r\n%PDF-",
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+    )
+    assert broken.status_code == 400
     eicar = send(PDF + b"\n" + EICAR)
     assert eicar.status_code == 422 and "security check" in eicar.text
     assert list((folder / "incoming").iterdir()) == []  # nothing refused is left behind

@@ -34,6 +34,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from python_multipart import MultipartParser
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
 
 from closeloop.app import App
@@ -344,8 +345,15 @@ def router(app: App) -> APIRouter:
                     break
             else:
                 parser.finalize()
-        finally:
+        except MultipartParseError:
             sink.close()
+            app.documents.discard(document_id)
+            return show(session, case, error=text(locale, "stale.text"), status=400)
+        except BaseException:  # a dropped connection leaves nothing behind either
+            sink.close()
+            app.documents.discard(document_id)
+            raise
+        sink.close()
         if part.over or not csrf_ok(session, part.fields) or not part.size:
             app.documents.discard(document_id)
             if part.over:
