@@ -12,7 +12,7 @@ from calendar import monthrange
 from collections.abc import Callable, Iterator, Mapping
 from copy import copy
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -177,6 +177,51 @@ def options(
 class Instalment:
     due: date
     amount: Decimal
+
+
+@dataclass(frozen=True)
+class Plan:
+    count: int
+    frequency: str
+    first: date
+    instalments: list[Instalment]
+
+    def submission(self, total: Decimal) -> dict[str, Any]:
+        """The plan as an outcome's values: what the system of record is sent."""
+        return {
+            "amount": str(total),
+            "instalments": self.count,
+            "frequency": self.frequency,
+            "first_date": self.first.isoformat(),
+            "schedule": [
+                {"due": i.due.isoformat(), "amount": str(i.amount)} for i in self.instalments
+            ],
+        }
+
+
+def last_first_date(option: OfferedOption, now: datetime) -> date:
+    """The latest day an arrangement's first payment may fall on."""
+    return (now + (option.first_within or timedelta(0))).date()
+
+
+def chosen_plan(option: OfferedOption, values: Mapping[str, Any], now: datetime) -> Plan | str:
+    """The plan `values` choose, with its schedule, or why it is not one `option` offers."""
+    try:
+        count = int(values.get("instalments", ""))
+        first = date.fromisoformat(str(values.get("first_date", "")))
+    except (TypeError, ValueError):
+        return "choose how many instalments and the date of the first one"
+    frequency = str(values.get("frequency", ""))
+    if count not in option.instalments:
+        return f"{count} instalments are not offered for this balance"
+    if frequency not in option.frequencies:
+        return f"payments {frequency} are not offered"
+    last = last_first_date(option, now)
+    if not now.date() <= first <= last:
+        return f"the first payment must be between {now.date()} and {last}"
+    if option.maximum is None:  # the spec requires max for an arrangement
+        return "this plan has no total"
+    return Plan(count, frequency, first, schedule(option.maximum, count, frequency, first))
 
 
 def schedule(total: Decimal, count: int, frequency: str, first: date) -> list[Instalment]:

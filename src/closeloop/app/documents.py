@@ -101,16 +101,18 @@ class Documents:
     def accept(self, case_id: str, document_id: str, allowed: tuple[str, ...]) -> Stored | None:
         """Check, keep and scan a received file; None (and it is gone) if its type is wrong."""
         path = self.incoming / document_id
+        digest, size, kind = hashlib.sha256(), 0, None
         with path.open("rb") as handle:
-            kind = sniff(handle.read(16))
+            while chunk := handle.read(1 << 16):
+                if not size:  # the first bytes say what the file is
+                    kind = sniff(chunk)
+                    if kind is None or kind not in allowed:
+                        break
+                digest.update(chunk)
+                size += len(chunk)
         if kind is None or kind not in allowed:
             self.discard(document_id)
             return None
-        digest, size = hashlib.sha256(), 0
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 16):
-                digest.update(chunk)
-                size += len(chunk)
         self.kept.mkdir(parents=True, exist_ok=True)
         kept = path.replace(self.kept / document_id)
         clean = self.scanner.clean(kept)

@@ -57,7 +57,6 @@ class SinkChannel:
         self.engine = engine
         self.clock = clock
         self.deliveries = 0  # by this process: lets a reader skip looking when nothing arrived
-        self._count = threading.Lock()
         # Senders on several threads take turns here rather than in SQLite's busy
         # handler, which sleeps a millisecond or more between tries.
         self._writing = threading.Lock()
@@ -75,30 +74,30 @@ class SinkChannel:
             return
         keys = [m.idempotency_key for m in messages]
         at = self.clock().isoformat()
-        with self._writing, self.engine.begin() as c:
-            known = {k for (k,) in c.execute(_known, {"keys": keys})}
-            again = [{"key": k} for k in keys if k in known]
-            fresh: dict[str, dict[str, Any]] = {}
-            for m in messages:
-                if m.idempotency_key in known or m.idempotency_key in fresh:
-                    continue
-                fresh[m.idempotency_key] = {
-                    "idempotency_key": m.idempotency_key,
-                    "case_id": m.case_id,
-                    "channel": m.channel,
-                    "address": m.address,
-                    "subject": m.subject,
-                    "body": m.body,
-                    "link": m.link,
-                    "attempts": 1,
-                    "delivered_at": at,
-                }
-            if again:
-                c.execute(_again, again)
-            if fresh:
-                c.execute(_deliver, list(fresh.values()))
-        with self._count:  # counted once committed
-            self.deliveries += len(fresh)
+        fresh: dict[str, dict[str, Any]] = {}
+        with self._writing:
+            with self.engine.begin() as c:
+                known = {k for (k,) in c.execute(_known, {"keys": keys})}
+                for m in messages:
+                    if m.idempotency_key in known or m.idempotency_key in fresh:
+                        continue
+                    fresh[m.idempotency_key] = {
+                        "idempotency_key": m.idempotency_key,
+                        "case_id": m.case_id,
+                        "channel": m.channel,
+                        "address": m.address,
+                        "subject": m.subject,
+                        "body": m.body,
+                        "link": m.link,
+                        "attempts": 1,
+                        "delivered_at": at,
+                    }
+                again = [{"key": k} for k in keys if k in known]
+                if again:
+                    c.execute(_again, again)
+                if fresh:
+                    c.execute(_deliver, list(fresh.values()))
+            self.deliveries += len(fresh)  # once committed
 
     def delivered_after(self, seq: int, limit: int = 10_000) -> list[dict[str, Any]]:
         """Messages delivered after `seq`, oldest first."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -371,10 +371,11 @@ def _submitted(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
         if details["changed"] and not event.one_time_code_verified:
             return "a one-time code is required to change contact details"
     if option.instalments:  # an arrangement: the plan chosen must be one policy offers
-        plan = _plan(option, values, d.now)
+        plan = policy.chosen_plan(option, values, d.now)
         if isinstance(plan, str):
             return plan
-        values = plan
+        assert option.maximum is not None
+        values = plan.submission(option.maximum)
     if option.minimum is not None or option.maximum is not None:
         try:
             amount = Decimal(str(values.get("amount", "")))
@@ -462,34 +463,6 @@ def _details(case: Case, values: dict[str, Any]) -> dict[str, Any] | str:
         if given and given != held
     ]
     return {"email": email, "phone": phone, **address, "changed": changed}
-
-
-def _plan(
-    option: policy.OfferedOption, values: dict[str, Any], now: datetime
-) -> dict[str, Any] | str:
-    """The submission of a plan with its schedule, or why it is not one policy offers."""
-    try:
-        count = int(values.get("instalments", ""))
-        first = date.fromisoformat(str(values.get("first_date", "")))
-    except (TypeError, ValueError):
-        return "choose how many instalments and the date of the first one"
-    frequency = str(values.get("frequency", ""))
-    if count not in option.instalments:
-        return f"{count} instalments are not offered for this balance"
-    if frequency not in option.frequencies:
-        return f"payments {frequency} are not offered"
-    last = (now + (option.first_within or timedelta(0))).date()
-    if not now.date() <= first <= last:
-        return f"the first payment must be between {now.date()} and {last}"
-    assert option.maximum is not None  # the spec requires max for an arrangement
-    instalments = policy.schedule(option.maximum, count, frequency, first)
-    return {
-        "amount": str(option.maximum),
-        "instalments": count,
-        "frequency": frequency,
-        "first_date": first.isoformat(),
-        "schedule": [{"due": i.due.isoformat(), "amount": str(i.amount)} for i in instalments],
-    }
 
 
 def _evidence(

@@ -18,7 +18,6 @@ Server-rendered pages (Jinja2), no script, one column for a phone.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import time
@@ -42,7 +41,8 @@ from closeloop.app.sessions import Session
 from closeloop.connectors.cards import CardTokens
 from closeloop.engine import Case, Status
 from closeloop.errors import NotFound, StateError
-from closeloop.policy import OfferedOption, schedule
+from closeloop.ids import short_digest
+from closeloop.policy import OfferedOption, Plan, chosen_plan, last_first_date
 from closeloop.web.i18n import LOCALES, pick, text
 
 COOKIE = "__Host-closeloop-session"
@@ -406,7 +406,7 @@ def router(app: App) -> APIRouter:
         return show(session, case, error=error, status=422)
 
     # -- outcomes -------------------------------------------------------------------
-    def pay(session: Session, case: Case, form: dict[str, str]) -> Response:
+    def choose(session: Session, case: Case, form: dict[str, str]) -> Response:
         """Submit the option chosen in `form` (a payment or a change may need a code first)."""
         locale = locale_of(case)
         offered = {o.kind: o for o in app.service.options(case.id)}
@@ -424,8 +424,12 @@ def router(app: App) -> APIRouter:
             plan = plan_of(case, form)
             if isinstance(plan, str):
                 return show(session, case, error=plan, error_field="plan", status=422)
-            _, count, frequency, first = plan
-            values = {"instalments": count, "frequency": frequency, "first_date": str(first)}
+            chosen = plan[1]
+            values = {
+                "instalments": chosen.count,
+                "frequency": chosen.frequency,
+                "first_date": chosen.first.isoformat(),
+            }
             return submitted(session, case, form, "arrangement", values)
         if option.kind == "confirm_details":
             fields = ("email", "phone", "line1", "city", "state", "postal_code")
@@ -447,28 +451,17 @@ def router(app: App) -> APIRouter:
         values = {"amount": str(amount)}
         return submitted(session, case, form, "pay_now", values, coded=coded, field="amount")
 
-    def plan_of(case: Case, form: dict[str, str]) -> tuple[OfferedOption, int, str, date] | str:
+    def plan_of(case: Case, form: dict[str, str]) -> tuple[OfferedOption, Plan] | str:
         """The plan a form asks for, if policy offers it; else the error to show."""
-        locale = locale_of(case)
+        now = app.clock.now()
         option = {o.kind: o for o in app.service.options(case.id)}.get("arrangement")
-        today = app.clock.now().date()
-        last = today + (option.first_within if option and option.first_within else timedelta(0))
-        invalid = text(locale, "plan.invalid", first=today.isoformat(), last=last.isoformat())
-        try:
-            count = int(form.get("instalments", ""))
-            first = date.fromisoformat(form.get("first_date", ""))
-        except ValueError:
-            return invalid
-        frequency = form.get("frequency", "")
-        if (
-            option is None
-            or option.maximum is None
-            or count not in option.instalments
-            or frequency not in option.frequencies
-            or not today <= first <= last
-        ):
-            return invalid
-        return option, count, frequency, first
+        plan = chosen_plan(option, form, now) if option is not None else ""
+        if option is None or isinstance(plan, str):
+            last = last_first_date(option, now) if option is not None else now.date()
+            return text(
+                locale_of(case), "plan.invalid", first=str(now.date()), last=last.isoformat()
+            )
+        return option, plan
 
     @routes.post("/m/plan", response_class=HTMLResponse, include_in_schema=False)
     async def review_plan(request: Request) -> Response:
@@ -480,20 +473,20 @@ def router(app: App) -> APIRouter:
         plan = plan_of(case, form)
         if isinstance(plan, str):
             return show(session, case, error=plan, error_field="plan", status=422)
-        option, count, frequency, first = plan
-        assert option.maximum is not None
-        rows = schedule(option.maximum, count, frequency, first)
+        option, chosen = plan
         return page(
             "plan",
             locale_of(case),
             "plan.title",
             total=_money(option.maximum),
-            rows=[{"due": r.due.isoformat(), "amount": _money(r.amount)} for r in rows],
+            rows=[
+                {"due": r.due.isoformat(), "amount": _money(r.amount)} for r in chosen.instalments
+            ],
             csrf=session.csrf,
             nonce=form.get("nonce", ""),
-            instalments=count,
-            frequency=frequency,
-            first_date=first.isoformat(),
+            instalments=chosen.count,
+            frequency=chosen.frequency,
+            first_date=chosen.first.isoformat(),
         )
 
     def ask_code(
@@ -540,7 +533,7 @@ def router(app: App) -> APIRouter:
         checked = await posted(request)
         if isinstance(checked, Response):
             return checked
-        return pay(*checked)
+        return choose(*checked)
 
     @routes.post("/m/code", response_class=HTMLResponse, include_in_schema=False)
     async def enter_code(request: Request) -> Response:
@@ -564,7 +557,7 @@ def router(app: App) -> APIRouter:
             to = app.service.code_destination(case.id, session.channel)
             return ask_code(session, case, form, error=error, to=to, status=422)
         fresh = app.sessions.rotate(session, level="one_time_code")
-        return with_session(pay(fresh, case, form), fresh)
+        return with_session(choose(fresh, case, form), fresh)
 
     @routes.post("/m/code/new", response_class=HTMLResponse, include_in_schema=False)
     async def new_code(request: Request) -> Response:
@@ -716,5 +709,5 @@ def _shown(
 
 def reference(case: Case) -> str:
     """What the customer quotes to us: short, unambiguous, tied to the case."""
-    digest = hashlib.sha256(case.id.encode()).hexdigest()[:8].upper()
+    digest = short_digest(case.id, 8).upper()
     return f"CL-{digest[:4]}-{digest[4:]}"
