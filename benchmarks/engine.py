@@ -85,7 +85,11 @@ def run_closeloop(n: int, folder: Path) -> float:
         if completes(i):  # one customer at a time, as the mini-app submits
             runtime.apply(
                 case_id,
-                OutcomeSubmitted(option="pay_now", values={"amount": "100.00"}, key=f"submit:{i}"),
+                OutcomeSubmitted(
+                    option="pay_now",
+                    values={"amount": "100.00", "method": "pm_1"},
+                    key=f"submit:{i}",
+                ),
             )
     while dispatcher.run_writebacks(BATCH):  # claimed, carried out, confirmed in batches
         pass
@@ -119,7 +123,9 @@ T0, T1, T2 = (
 STATE = (
     '{"data": {"account_id": "A%d", "amount_due": "100.00"}, "account": {"flags": [], '
     '"balance": 250.0, "state": "NY", "product": "card", "days_past_due": 5, '
-    '"first_name": "Ana"}, "time_zone": "America/New_York", "next_step": %d, '
+    '"first_name": "Ana", "locale": "en", "payment_methods": [{"id": "pm_1", "kind": "card", '
+    '"brand": "Visa", "last4": "4242", "expiry": "08/28"}]}, "time_zone": "America/New_York", '
+    '"next_step": %d, '
     '"link_opened": false, "verified": false, "identity_level": "none", '
     '"identity_failures": 0, "code_failures": 0, "outcome": %s, "submission": {}, "touches": %d, '
     '"agent_touched": false, "reason": null, "contacts": [{"channel": "email", '

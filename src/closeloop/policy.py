@@ -199,6 +199,23 @@ class Plan:
         }
 
 
+def paid_with(account: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, str] | str:
+    """How a payment is made: a method on file (by id) or a new card (by the
+    provider's token); or why the choice is not one this account can make."""
+    method = str(values.get("method") or "").strip()
+    token = str(values.get("token_ref") or "").strip()
+    if method and token:
+        return "choose a payment method on file or a new card, not both"
+    if token:
+        return {"token_ref": token}
+    if not method:
+        return "choose a payment method on file or a new card"
+    on_file = {str(m.get("id")) for m in account.get("payment_methods") or ()}
+    if method not in on_file:
+        return "that payment method is not on file for this account"
+    return {"method": method}
+
+
 def last_first_date(option: OfferedOption, now: datetime) -> date:
     """The latest day an arrangement's first payment may fall on."""
     return (now + (option.first_within or timedelta(0))).date()

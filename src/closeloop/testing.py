@@ -80,8 +80,13 @@ def account(
         contacts=tuple(
             {"channel": ch, "address": addresses[ch], "consent": True} for ch in channels
         ),
+        payment_methods=(ON_FILE,),
         secrets={"date_of_birth": "1980-02-03", "postal_code": "10001"},
     )
+
+
+# The card every test account has on file.
+ON_FILE = {"id": "pm_1", "kind": "card", "brand": "Visa", "last4": "4242", "expiry": "08/28"}
 
 
 def case_for(
@@ -100,7 +105,11 @@ def case_for(
         account_id=acct.account_id,
         status=Status.OUTREACH,
         data=parse_trigger_data(compiled.spec, data),
-        account={**acct.facts, "first_name": acct.first_name},
+        account={
+            **acct.facts,
+            "first_name": acct.first_name,
+            "payment_methods": [dict(m) for m in acct.payment_methods],
+        },
         contacts=tuple(
             Contact(channel=c["channel"], address=c["address"], consent=c.get("consent", True))
             for c in acct.contacts

@@ -101,3 +101,48 @@ def test_a_token_without_this_sessions_state_is_refused(app: App) -> None:
     signed_in(app, client, link)
     forged = client.get("/m/card", params={"token": "tok_0123456789ab", "state": "forged"})
     assert forged.status_code == 403
+
+
+def test_paying_with_a_new_card_goes_through_the_providers_form(app: App, cards: str) -> None:
+    case_id, link = opened(app)
+    client = browser(app)
+    page = signed_in(app, client, link)
+    assert 'name="method" value="pm_1" checked' in page and 'value="new"' in page
+    assert "Visa card ending 4242, expires 08/28" in page
+    form = {"csrf": csrf(page), "nonce": field(page, "nonce"), "option": "pay_now"}
+    asked = client.post("/m/submit", data={**form, "amount": "50.00", "method": "new"})
+    assert asked.status_code == 200 and "Enter the card to pay $50.00" in asked.text
+    frame = re.search(r'<iframe class="card-fields" src="([^"]+)"', asked.text)
+    assert frame, asked.text
+    src = frame.group(1).replace("&amp;", "&")
+    params = {k: v[0] for k, v in parse_qs(urlsplit(src).query).items()}
+    assert params["return_to"] == "https://pay.example/m/pay/50.00"
+    card = {"number": "5555 5555 5555 4444", "expiry": "11/38", "cvc": "321", **params}
+    saved = httpx.post(f"{cards}/tokenize", data=card)
+    back = urlsplit(saved.headers["location"])
+    tampered = client.get(f"/m/pay/5.00?{back.query}")  # the state is bound to the amount
+    assert tampered.status_code == 403
+    shown = client.get(f"{back.path}?{back.query}")
+    assert shown.status_code == 200
+    assert "Pay $50.00 with the mastercard card ending 4444 (expires 11/38)?" in shown.text
+    hidden = dict(re.findall(r'type="hidden" name="([^"]+)" value="([^"]*)"', shown.text))
+    assert hidden["method"] == "new" and hidden["token"].startswith("tok_")
+    done = client.post("/m/submit", data=hidden)
+    assert done.status_code == 303 and "it is done" in client.get("/m").text
+    case = app.runtime.case(case_id)
+    assert case.submission == {
+        "option": "pay_now",
+        "amount": "50.00",
+        "token_ref": hidden["token"],
+    }
+
+
+def test_a_made_up_token_pays_nothing(app: App) -> None:
+    case_id, link = opened(app)
+    client = browser(app)
+    page = signed_in(app, client, link)
+    form = {"csrf": csrf(page), "nonce": field(page, "nonce"), "option": "pay_now"}
+    data = {**form, "amount": "50.00", "method": "new", "token": "tok_000000000000"}
+    refused = client.post("/m/submit", data=data)
+    assert refused.status_code == 422 and "could not find that card" in refused.text
+    assert app.runtime.case(case_id).outcome is None

@@ -21,7 +21,7 @@ from closeloop.engine import Status
 from closeloop.errors import InputError
 from closeloop.web import create_api
 from closeloop.web.cards import RedactCardNumbers, has_card_number, luhn
-from closeloop.web.miniapp import COOKIE, FAILURE_FLOOR
+from closeloop.web.miniapp import COOKIE
 from tests.conftest import EXAMPLE, KYC, NOW
 from tests.integration.test_runtime import ACCOUNT, trigger
 
@@ -131,7 +131,7 @@ def test_unknown_expired_and_used_links_answer_alike(app: App, clock: SimClock) 
         took.append(time.monotonic() - started)
     assert {a.status_code for a in answers} == {404}
     assert len({a.text for a in answers}) == 1
-    assert min(took) >= FAILURE_FLOOR and max(took) - min(took) < 0.2
+    assert min(took) >= app.settings.link_failure_floor_seconds == 0.25 and max(took) - min(took) < 0.2
 
 
 def test_before_identity_only_a_masked_greeting_shows(app: App) -> None:
@@ -199,7 +199,12 @@ def test_paying_within_bounds_resolves_once_even_when_submitted_twice(app: App) 
     case_id, link = opened(app)
     client = browser(app)
     page = signed_in(app, client, link)
-    form = {"csrf": csrf(page), "nonce": field(page, "nonce"), "option": "pay_now"}
+    form = {
+        "csrf": csrf(page),
+        "nonce": field(page, "nonce"),
+        "option": "pay_now",
+        "method": "pm_1",
+    }
     low = client.post("/m/submit", data={**form, "amount": "1.00"})
     assert low.status_code == 422 and "from $30.13 to $120.50" in low.text
     assert 'aria-invalid="true"' in low.text
@@ -219,7 +224,12 @@ def big_payment(app: App, trigger_id: str = "t9") -> tuple[str, TestClient, dict
     assert result.case_id is not None
     client = browser(app)
     page = signed_in(app, client, app.service.issue_link(result.case_id, "sms"))
-    form = {"csrf": csrf(page), "nonce": field(page, "nonce"), "option": "pay_now"}
+    form = {
+        "csrf": csrf(page),
+        "nonce": field(page, "nonce"),
+        "option": "pay_now",
+        "method": "pm_1",
+    }
     asked = client.post("/m/submit", data={**form, "amount": "900.00"})
     assert asked.status_code == 200 and "•••• 0123" in asked.text
     assert 'autocomplete="one-time-code"' in asked.text
@@ -351,6 +361,10 @@ def test_card_numbers_are_refused_everywhere_and_kept_out_of_logs(app: App) -> N
     assert "4111111111111111" not in record.getMessage()
     assert luhn("79927398713") and not luhn("79927398710")
     assert has_card_number("5500 0000 0000 0004") and not has_card_number("2026-03-02 15:00")
+    # Digits inside a longer word (a token, a hex state) are not a card number.
+    assert not has_card_number("tok_4111111111111111ab") and not has_card_number("e4111111111111111")
+    state = client.get("/m/card", params={"state": "f4111111111111111a", "token": "tok_1"})
+    assert state.status_code == 401  # the route answered (no session); nothing was refused
 
 
 def test_the_identity_key_is_made_once_and_bad_keys_are_refused(tmp_path: Path) -> None:
@@ -543,3 +557,32 @@ def test_a_fact_the_record_lacks_matches_no_answer(app: App) -> None:
     app.service.redeem(link.rsplit("/", 1)[1], key="open")
     answers = {"date_of_birth": "1980-02-03", "postal_code": ""}
     assert not app.service.verify_identity(case_id, answers, key="try-1")
+
+
+def test_a_payment_uses_a_method_on_file_and_only_one_on_file(app: App) -> None:
+    case_id, link = opened(app)
+    client = browser(app)
+    page = signed_in(app, client, link)
+    assert 'value="new"' not in page  # no card provider configured: no new card offered
+    form = {"csrf": csrf(page), "nonce": field(page, "nonce"), "option": "pay_now"}
+    foreign = client.post("/m/submit", data={**form, "amount": "50.00", "method": "pm_9"})
+    assert foreign.status_code == 422 and "not on file" in foreign.text
+    paid = client.post("/m/submit", data={**form, "amount": "50.00", "method": "pm_1"})
+    assert paid.status_code == 303
+    (writeback, *_) = [h for h in history(app, case_id) if h["kind"] == "outcome_submitted"]
+    assert app.runtime.case(case_id).submission["method"] == "pm_1"
+    assert writeback["data"]["option"] == "pay_now"  # type: ignore[index]
+
+
+def test_a_customer_who_says_something_is_wrong_reaches_a_person(app: App) -> None:
+    case_id, link = opened(app)
+    client = browser(app)
+    page = signed_in(app, client, link)
+    form = {"csrf": csrf(page), "nonce": field(page, "nonce")}
+    told = client.post("/m/dispute", data={**form, "reason": "Not my   charge\n"})
+    assert told.status_code == 200 and "A person will look at this" in told.text
+    case = app.runtime.case(case_id)
+    assert case.status is Status.EXCEPTION
+    (closed,) = [h for h in history(app, case_id) if h["kind"] == "exception"]
+    assert closed["reason"] == "disputed: Not my charge" and closed["actor"] == "customer"
+    assert client.get("/m").status_code == 401  # the session ended with it

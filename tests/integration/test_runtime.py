@@ -16,6 +16,7 @@ from closeloop.engine import Disputed, Event, LinkOpened, OptedOut, Status, step
 from closeloop.errors import NotFound, StateError, TriggerError
 from closeloop.store import Applied, Store
 from closeloop.store.database import current_revision
+from closeloop.testing import ON_FILE
 from tests.conftest import EXAMPLE, NOW
 
 ACCOUNT = {
@@ -27,6 +28,7 @@ ACCOUNT = {
         {"channel": "email", "address": "ana@example.com", "consent": True},
         {"channel": "sms", "address": "+12125550123", "consent": True},
     ],
+    "payment_methods": [ON_FILE],
     "secrets": {"date_of_birth": "1980-02-03", "postal_code": "10001"},
 }
 
@@ -128,9 +130,9 @@ def test_the_customer_resolves_from_the_message(app: App, clock: SimClock) -> No
         visit.case_id, {"date_of_birth": "1980-02-03", "postal_code": "10001"}, key="k-2"
     )
     with pytest.raises(StateError, match="between"):
-        app.service.submit(visit.case_id, "pay_now", {"amount": "1"}, key="k-3")
-    app.service.submit(visit.case_id, "pay_now", {"amount": "120.50"}, key="k-4")
-    app.service.submit(visit.case_id, "pay_now", {"amount": "120.50"}, key="k-4")
+        app.service.submit(visit.case_id, "pay_now", {"amount": "1", "method": "pm_1"}, key="k-3")
+    app.service.submit(visit.case_id, "pay_now", {"amount": "120.50", "method": "pm_1"}, key="k-4")
+    app.service.submit(visit.case_id, "pay_now", {"amount": "120.50", "method": "pm_1"}, key="k-4")
     app.work()
     assert app.runtime.case(result.case_id).status is Status.RESOLVED
     assert app.ledger.effects() == 3 and app.ledger.duplicate_effects() == 0

@@ -150,26 +150,42 @@ def test_submission_needs_identity_and_bounds(compiled: CompiledSpec) -> None:
     case = opened(compiled).case
     assert (
         step(
-            case, OutcomeSubmitted(option="pay_now", values={"amount": "50"}), compiled, NOW
+            case,
+            OutcomeSubmitted(option="pay_now", values={"amount": "50", "method": "pm_1"}),
+            compiled,
+            NOW,
         ).rejected
         == "identity must be confirmed first"
     )
     case = verified(compiled)
-    low = step(case, OutcomeSubmitted(option="pay_now", values={"amount": "10"}), compiled, NOW)
+    low = step(
+        case,
+        OutcomeSubmitted(option="pay_now", values={"amount": "10", "method": "pm_1"}),
+        compiled,
+        NOW,
+    )
     assert low.rejected == "amount must be between 30.13 and 120.50"
     assert low.case == case and not low.history
 
 
 def test_paid_outcome_requests_each_writeback_once_then_resolves(compiled: CompiledSpec) -> None:
     case = verified(compiled)
-    d = step(case, OutcomeSubmitted(option="pay_now", values={"amount": "120.50"}), compiled, NOW)
+    d = step(
+        case,
+        OutcomeSubmitted(option="pay_now", values={"amount": "120.50", "method": "pm_1"}),
+        compiled,
+        NOW,
+    )
     writebacks = [i for i in d.intents if isinstance(i, RequestWriteback)]
     assert [w.operation for w in writebacks] == ["post_payment", "clear_flag", "add_note"]
     assert writebacks[1].argument == "past_due"
     assert d.case.status is Status.WRITING_BACK and d.cancel_timers
     assert d.history[-1].data["evidence"]["amount"] == "120.50"
     again = step(
-        case, OutcomeSubmitted(option="pay_now", values={"amount": "120.50"}), compiled, NOW
+        case,
+        OutcomeSubmitted(option="pay_now", values={"amount": "120.50", "method": "pm_1"}),
+        compiled,
+        NOW,
     )
     assert [w.idempotency_key for w in writebacks] == [
         w.idempotency_key for w in again.intents if isinstance(w, RequestWriteback)
@@ -186,12 +202,19 @@ def test_large_payment_needs_a_one_time_code(compiled: CompiledSpec) -> None:
     case = step(case, Opened(), compiled, NOW).case
     case = step(case, IdentityChecked(passed=True, method="known_facts"), compiled, NOW).case
     no_code = step(
-        case, OutcomeSubmitted(option="pay_now", values={"amount": "600"}), compiled, NOW
+        case,
+        OutcomeSubmitted(option="pay_now", values={"amount": "600", "method": "pm_1"}),
+        compiled,
+        NOW,
     )
     assert no_code.rejected == "a one-time code is required for this action"
     ok = step(
         case,
-        OutcomeSubmitted(option="pay_now", values={"amount": "600"}, one_time_code_verified=True),
+        OutcomeSubmitted(
+            option="pay_now",
+            values={"amount": "600", "method": "pm_1"},
+            one_time_code_verified=True,
+        ),
         compiled,
         NOW,
     )
@@ -292,3 +315,23 @@ def test_only_plans_whose_instalments_reach_the_floor_are_offered(compiled: Comp
         now=NOW,
     )
     assert not [o for o in policy.options(compiled, tiny.data, tiny.account) if o.instalments]
+
+
+def test_a_payment_names_a_method_on_file_or_a_new_cards_token(compiled: CompiledSpec) -> None:
+    case = verified(compiled)
+
+    def pay(**values: str) -> Decision:
+        submitted = OutcomeSubmitted(option="pay_now", values={"amount": "100", **values})
+        return step(case, submitted, compiled, NOW)
+
+    assert pay().rejected == "choose a payment method on file or a new card"
+    assert pay(method="pm_other").rejected == "that payment method is not on file for this account"
+    assert pay(method="pm_1", token_ref="tok_1").rejected == (
+        "choose a payment method on file or a new card, not both"
+    )
+    on_file, new_card = pay(method="pm_1"), pay(token_ref="tok_abc")
+    posted = [i for i in on_file.intents if isinstance(i, RequestWriteback)][0]
+    assert posted.payload["method"] == "pm_1" and "token_ref" not in posted.payload
+    assert on_file.case.submission == {"option": "pay_now", "amount": "100", "method": "pm_1"}
+    posted = [i for i in new_card.intents if isinstance(i, RequestWriteback)][0]
+    assert posted.payload["token_ref"] == "tok_abc" and "method" not in posted.payload

@@ -198,6 +198,8 @@ class Runtime:
         else:
             facts["first_name"] = account.first_name
             facts["locale"] = account.locale
+            if account.payment_methods:
+                facts["payment_methods"] = [dict(m) for m in account.payment_methods]
         case = Case(
             id=case_id(trigger.id, now),
             workflow=compiled.key,

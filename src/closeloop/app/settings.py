@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     )
     public_url: str = "http://127.0.0.1:8000"
     link_lifetime_hours: int = Field(default=72, ge=1)
+    link_failure_floor_seconds: float = Field(
+        default=0.25,
+        ge=0,
+        le=5,
+        description="unknown, used and expired links all answer after at least this long",
+    )
     cohort_percent: float = Field(default=100.0, ge=0, le=100)
     writeback_max_attempts: int = Field(default=6, ge=1)
     writeback_base_delay_seconds: float = Field(default=30.0, gt=0)

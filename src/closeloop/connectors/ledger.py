@@ -106,6 +106,7 @@ class LedgerCore:
             time_zone=record.get("time_zone"),
             facts=dict(record.get("facts", {})),
             contacts=tuple(record.get("contacts", [])),
+            payment_methods=tuple(record.get("payment_methods", [])),
             secrets=dict(record.get("secrets", {})),
         )
 

@@ -18,6 +18,9 @@ class Account:
     # Fields every rule may read as `account.*` (see closeloop.spec.rules.ACCOUNT_FIELDS).
     facts: Mapping[str, Any] = field(default_factory=dict)
     contacts: tuple[Mapping[str, Any], ...] = ()
+    # Ways to pay already on file: {"id", "kind" (card or bank), "brand", "last4",
+    # "expiry"}; what the customer is shown, never a card or account number.
+    payment_methods: tuple[Mapping[str, str], ...] = ()
     # Known facts for identity checks; never copied into a case.
     secrets: Mapping[str, str] = field(default_factory=dict)
 

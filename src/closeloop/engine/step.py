@@ -386,6 +386,11 @@ def _submitted(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
         ):
             return f"amount must be between {option.minimum} and {option.maximum}"
         values["amount"] = str(amount)
+    if option.kind == "pay_now":  # paid with a method on file or a new card's token
+        method = policy.paid_with(case.account, values)
+        if isinstance(method, str):
+            return method
+        values = {"amount": values["amount"], **method}
     if option.statement_version is not None:  # an attestation: the text shown, accepted
         if values.get("statement_version") != option.statement_version:
             return "the statement was changed; read it again"

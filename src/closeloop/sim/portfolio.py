@@ -121,11 +121,35 @@ def make_account(seed: int, index: int) -> dict[str, Any]:
             "days_past_due": rng.randint(0, 60),
         },
         "contacts": contacts,
+        "payment_methods": _payment_methods(seed, index),
         "secrets": {
             "date_of_birth": born.isoformat(),
             "postal_code": f"{POSTCODES[state]}{rng.randint(0, 99):02d}",
         },
     }
+
+
+def _payment_methods(seed: int, index: int) -> list[dict[str, str]]:
+    """The ways to pay the core holds: mostly the card that was declined, some a bank account."""
+    rng = rng_for(seed, "payment_methods", str(index))
+    methods = []
+    if rng.random() < 0.8:
+        brand = rng.choice(["Visa", "Mastercard", "Amex"])
+        expiry = f"{rng.randint(1, 12):02d}/{rng.randint(27, 31)}"
+        last4 = f"{rng.randint(0, 9999):04d}"
+        methods.append(
+            {
+                "id": f"pm_{index}_card",
+                "kind": "card",
+                "brand": brand,
+                "last4": last4,
+                "expiry": expiry,
+            }
+        )
+    if rng.random() < 0.4:
+        last4 = f"{rng.randint(0, 9999):04d}"
+        methods.append({"id": f"pm_{index}_bank", "kind": "bank", "last4": last4})
+    return methods
 
 
 def customer(seed: int, index: int) -> Customer:

@@ -45,6 +45,14 @@ TEXT: Mapping[str, Mapping[str, str]] = {
         "option.pay_now": "Pay now",
         "option.pay_now.amount": "Amount to pay (from {minimum} to {maximum})",
         "option.pay_now.submit": "Pay",
+        "pay.with": "Pay with",
+        "pay.card": "{brand} card ending {last4}, expires {expiry}",
+        "pay.bank": "Bank account ending {last4}",
+        "pay.new": "A new card",
+        "pay.none": "We have no way to pay on file for you here: call us to pay.",
+        "pay.title": "Pay with your new card",
+        "pay.text": "Enter the card to pay {amount} with.",
+        "pay.confirm": "Pay {amount} with the {brand} card ending {last4} (expires {expiry})?",
         "option.update_card": "Update my card",
         "option.unavailable": "Not available here yet: call us to do this.",
         "option.update_card.help": (
@@ -114,6 +122,15 @@ TEXT: Mapping[str, Mapping[str, str]] = {
             "We are recording this on your account now. You do not need to do anything else; "
             "we will stop sending reminders about this."
         ),
+        "dispute.title": "Something not right?",
+        "dispute.label": "Tell us what is wrong, for example a charge you do not recognise",
+        "dispute.submit": "Ask a person to look at it",
+        "dispute.default": "The customer says something is not right.",
+        "disputed.title": "A person will look at this",
+        "disputed.text": (
+            "We have stopped the reminders about this and passed it to our team, who will "
+            "contact you."
+        ),
         "closed.title": "There is nothing left to do here",
         "closed.text": "This matter is closed. If something is not right, call us.",
         "expired.title": "Your session has ended",
@@ -158,6 +175,16 @@ TEXT: Mapping[str, Mapping[str, str]] = {
         "option.pay_now": "Pagar ahora",
         "option.pay_now.amount": "Importe a pagar (de {minimum} a {maximum})",
         "option.pay_now.submit": "Pagar",
+        "pay.with": "Pagar con",
+        "pay.card": "Tarjeta {brand} que termina en {last4}, caduca {expiry}",
+        "pay.bank": "Cuenta bancaria que termina en {last4}",
+        "pay.new": "Una tarjeta nueva",
+        "pay.none": "No tenemos ninguna forma de pago registrada: llámenos para pagar.",
+        "pay.title": "Pague con su tarjeta nueva",
+        "pay.text": "Escriba la tarjeta con la que pagará {amount}.",
+        "pay.confirm": (
+            "¿Pagar {amount} con la tarjeta {brand} que termina en {last4} (caduca {expiry})?"
+        ),
         "option.update_card": "Actualizar mi tarjeta",
         "option.unavailable": "Todavía no disponible aquí: llámenos para hacerlo.",
         "option.update_card.help": (
@@ -235,6 +262,15 @@ TEXT: Mapping[str, Mapping[str, str]] = {
         "done.next": (
             "Lo estamos registrando en su cuenta ahora. No tiene que hacer nada más; "
             "dejaremos de enviarle recordatorios sobre esto."
+        ),
+        "dispute.title": "¿Algo no está bien?",
+        "dispute.label": "Díganos qué ocurre, por ejemplo un cargo que no reconoce",
+        "dispute.submit": "Pedir que lo revise una persona",
+        "dispute.default": "El cliente dice que algo no está bien.",
+        "disputed.title": "Una persona revisará esto",
+        "disputed.text": (
+            "Hemos detenido los recordatorios sobre este asunto y lo hemos pasado a nuestro "
+            "equipo, que se pondrá en contacto con usted."
         ),
         "closed.title": "Aquí ya no queda nada por hacer",
         "closed.text": "Este asunto está cerrado. Si algo no está bien, llámenos.",

@@ -38,7 +38,7 @@ from python_multipart.multipart import parse_options_header
 
 from closeloop.app import App
 from closeloop.app.sessions import Session
-from closeloop.connectors.cards import CardTokens
+from closeloop.connectors.cards import CardOnFile, CardTokens
 from closeloop.engine import Case, Status
 from closeloop.errors import NotFound, StateError
 from closeloop.ids import short_digest
@@ -46,9 +46,6 @@ from closeloop.policy import OfferedOption, Plan, chosen_plan, last_first_date
 from closeloop.web.i18n import LOCALES, pick, text
 
 COOKIE = "__Host-closeloop-session"
-# Failed link redemptions answer no sooner than this after the request came in,
-# so unknown, expired and used links cannot be told apart by their timing.
-FAILURE_FLOOR = 0.25
 _CENT = Decimal("0.01")
 _ACCEPT = {"pdf": "application/pdf", "jpeg": "image/jpeg", "png": "image/png"}
 
@@ -89,6 +86,9 @@ def mask(name: str) -> str:
 def router(app: App) -> APIRouter:
     routes = APIRouter()
     settings = app.settings
+    # Failed link redemptions answer no sooner than this after the request came in,
+    # so unknown, expired and used links cannot be told apart by their timing.
+    floor = settings.link_failure_floor_seconds
     brand = Brand(
         name=settings.brand_name or settings.program_name,
         color=settings.brand_color,
@@ -252,11 +252,24 @@ def router(app: App) -> APIRouter:
             for kind, option in app.runtime.spec_for(case).spec.miniapp.options.items()
         }
         due = case.data.get("amount_due")
-        card_fields = ""
+        card_fields = fields_url(session, "/m/card", "card")
+        t = partial(text, locale)
+        methods = [
+            (
+                str(m.get("id")),
+                t("pay.bank", last4=m.get("last4", ""))
+                if m.get("kind") == "bank"
+                else t(
+                    "pay.card",
+                    brand=m.get("brand", ""),
+                    last4=m.get("last4", ""),
+                    expiry=m.get("expiry", ""),
+                ),
+            )
+            for m in case.account.get("payment_methods") or ()
+        ]
         if fields:
-            back = f"{settings.public_url.rstrip('/')}/m/card"
-            query = urlencode({"return_to": back, "state": card_state(session)})
-            card_fields = f"{fields}/fields?{query}"
+            methods.append(("new", t("pay.new")))
         return page(
             "options",
             locale,
@@ -277,11 +290,20 @@ def router(app: App) -> APIRouter:
                 "phone": next((c.address for c in case.contacts if c.channel == "sms"), ""),
             },
             card_fields=card_fields,
+            methods=methods,
         )
 
-    def card_state(session: Session) -> str:
-        """What the provider hands back with the token: ties it to this session."""
-        return hmac.new(session.csrf.encode(), b"card", "sha256").hexdigest()[:32]
+    def card_state(session: Session, purpose: str) -> str:
+        """What the provider hands back with the token: ties it to this session and purpose."""
+        return hmac.new(session.csrf.encode(), purpose.encode(), "sha256").hexdigest()[:32]
+
+    def fields_url(session: Session, back: str, purpose: str) -> str:
+        """The provider's card form, sending the customer back to `back` with a token."""
+        if not fields:
+            return ""
+        return_to = f"{settings.public_url.rstrip('/')}{back}"
+        query = urlencode({"return_to": return_to, "state": card_state(session, purpose)})
+        return f"{fields}/fields?{query}"
 
     # -- a new card, by token -------------------------------------------------------
     @routes.get("/m/card", response_class=HTMLResponse, include_in_schema=False)
@@ -291,7 +313,7 @@ def router(app: App) -> APIRouter:
         if session is None:
             return expired(request)
         case = app.runtime.case(session.case_id)
-        if not session.verified or not hmac.compare_digest(state, card_state(session)):
+        if not session.verified or not hmac.compare_digest(state, card_state(session, "card")):
             return show(session, case, error=text(locale_of(case), "stale.text"), status=403)
         card = cards.describe(token) if cards is not None else None
         return page(
@@ -449,7 +471,56 @@ def router(app: App) -> APIRouter:
             error = text(locale, "amount.invalid", minimum=_money(low), maximum=_money(high))
             return show(session, case, error=error, error_field="amount", status=422)
         values = {"amount": str(amount)}
-        return submitted(session, case, form, "pay_now", values, coded=coded, field="amount")
+        if form.get("method") != "new":
+            values["method"] = form.get("method", "")
+            return submitted(session, case, form, "pay_now", values, coded=coded, field="method")
+        if not form.get("token"):  # a new card: to the provider's form first
+            return pay_page(session, case, amount)
+        card = cards.describe(form["token"]) if cards is not None else None
+        if card is None:
+            return pay_page(session, case, amount, unknown=True)
+        values["token_ref"] = card.token
+        return submitted(session, case, form, "pay_now", values, coded=coded, field="method")
+
+    def pay_page(
+        session: Session,
+        case: Case,
+        amount: Decimal,
+        *,
+        card: CardOnFile | None = None,
+        unknown: bool = False,
+    ) -> HTMLResponse:
+        """Paying with a new card: the provider's form, or the card it returned to confirm."""
+        return page(
+            "pay",
+            locale_of(case),
+            "pay.title",
+            422 if unknown else 200,
+            amount=_money(amount),
+            amount_plain=str(amount),
+            card=card,
+            card_fields="" if unknown else fields_url(session, f"/m/pay/{amount}", f"pay:{amount}"),
+            csrf=session.csrf,
+            nonce=secrets.token_urlsafe(16),
+        )
+
+    @routes.get("/m/pay/{amount}", response_class=HTMLResponse, include_in_schema=False)
+    def pay_returned(request: Request, amount: str, token: str = "", state: str = "") -> Response:
+        """Where the provider sends the customer back with a new card to pay with."""
+        session = current(request)
+        if session is None:
+            return expired(request)
+        case = app.runtime.case(session.case_id)
+        value = _amount(amount)
+        purpose = f"pay:{value}"
+        if (
+            not session.verified
+            or value is None
+            or not hmac.compare_digest(state, card_state(session, purpose))
+        ):
+            return show(session, case, error=text(locale_of(case), "stale.text"), status=403)
+        card = cards.describe(token) if cards is not None else None
+        return pay_page(session, case, value, card=card, unknown=card is None)
 
     def plan_of(case: Case, form: dict[str, str]) -> tuple[OfferedOption, Plan] | str:
         """The plan a form asks for, if policy offers it; else the error to show."""
@@ -559,6 +630,22 @@ def router(app: App) -> APIRouter:
         fresh = app.sessions.rotate(session, level="one_time_code")
         return with_session(choose(fresh, case, form), fresh)
 
+    @routes.post("/m/dispute", response_class=HTMLResponse, include_in_schema=False)
+    async def dispute(request: Request) -> Response:
+        """The customer says something is wrong: the case goes to a person, with their words."""
+        checked = await posted(request)
+        if isinstance(checked, Response):
+            return checked
+        session, case, form = checked
+        locale = locale_of(case)
+        reason = " ".join(form.get("reason", "").split())[:500] or text(locale, "dispute.default")
+        try:
+            app.service.dispute(case.id, reason, key=f"web:{case.id}:{form.get('nonce', '')}")
+        except StateError:
+            return show(session, app.runtime.case(case.id))
+        app.sessions.end(session)
+        return message(locale, "disputed.title", "disputed.text")
+
     @routes.post("/m/code/new", response_class=HTMLResponse, include_in_schema=False)
     async def new_code(request: Request) -> Response:
         checked = await posted(request)
@@ -589,10 +676,10 @@ def router(app: App) -> APIRouter:
         except NotFound:
             if current(request) is not None:  # a double tap: the first one got through
                 return RedirectResponse("/m", status_code=303)
-            time.sleep(max(0.0, started + FAILURE_FLOOR - time.monotonic()))
+            time.sleep(max(0.0, started + floor - time.monotonic()))
             return message(locale, "invalid.title", "invalid.text", status=404)
         except StateError:
-            time.sleep(max(0.0, started + FAILURE_FLOOR - time.monotonic()))
+            time.sleep(max(0.0, started + floor - time.monotonic()))
             return message(locale, "closed.title", "closed.text", status=410)
         session = app.sessions.start(visit.case_id, visit.channel)
         return with_session(RedirectResponse("/m", status_code=303), session)
