@@ -519,8 +519,10 @@ def demo(
     from contextlib import ExitStack
 
     from closeloop.sim import Params, Simulation, summarize, to_json
-    from closeloop.sim.devices import Device, sandboxes
+    from closeloop.sim.devices import DEMO_URL, Device, sandboxes
     from closeloop.sim.runner import START
+    from closeloop.sim.visits import Visitor
+    from closeloop.web import create_api
 
     if providers not in ("sink", "sandbox"):
         raise InputError(f"--providers must be sink or sandbox, not {providers!r}")
@@ -537,12 +539,13 @@ def demo(
         ):
             (out_dir / name).unlink(missing_ok=True)
     stack = ExitStack()
-    extra: dict[str, Any] = {}
-    running = None
+    # The card provider always runs: simulated customers type cards into its form.
+    kinds = ("smtp", "twilio", "cards") if providers == "sandbox" else ("cards",)
+    running = stack.enter_context(sandboxes(out_dir / "sandboxes", fresh=not resume, kinds=kinds))
+    extra = {**running.settings, "public_url": DEMO_URL, "link_failure_floor_seconds": 0.0}
     if providers == "sandbox":
-        running = stack.enter_context(sandboxes(out_dir / "sandboxes", fresh=not resume))
         # Send a batch on several connections: the providers answer from other processes.
-        extra = {"send_concurrency": 8, **running.settings}
+        extra["send_concurrency"] = 8
     if "CLOSELOOP_CONSENT_NOTICE_VERSION" not in os.environ:
         extra["consent_notice_version"] = "demo-notices-2026-03"
     settings = _settings(data_dir=out_dir, workflows=[EXAMPLE], cohort_percent=cohort, **extra)
@@ -550,7 +553,7 @@ def demo(
         _reset_database(settings.database_url)
     clock = SimClock(START)
     app = build(settings, clock=clock, seed=seed, error_rate=0.03, timeout_rate=0.01)
-    if running is not None:  # providers carry the messages; the sink stands for the devices
+    if providers == "sandbox":  # providers carry the messages; the sink stands for the devices
         devices = {
             ch: Device(provider=app.channels[ch], device=app.sink)
             for ch in ("email", "sms", "whatsapp")
@@ -559,8 +562,9 @@ def demo(
     params = Params(accounts=accounts, days=days, seed=seed)
     database = settings.resolved_database_url()
     settle_heap()
+    visitor = Visitor(create_api(app), DEMO_URL, app.sink.engine)
     try:
-        sim = Simulation(app, clock, params)
+        sim = Simulation(app, clock, params, visitor)
         sim.prepare(resume=resume)
         with Progress(
             TextColumn("simulated day {task.completed:.1f}/{task.total:.0f}"),
@@ -576,9 +580,10 @@ def demo(
         with app.store.read() as tx:
             example = tx.first_case_id(Status.RESOLVED)
     finally:
+        visitor.close()
         app.close()
         stack.close()
-    if running is not None:  # what the providers accepted, counted once they stopped
+    if providers == "sandbox":  # what the providers accepted, counted once they stopped
         summary["provider_messages"] = running.received
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(to_json(summary) + "\n")

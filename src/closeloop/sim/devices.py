@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -25,9 +26,12 @@ import uvicorn
 from closeloop.channels import Channel, OutgoingMessage, SendResult, SinkChannel
 from closeloop.channels.smtp import SmtpSink, free_port, smtp_received
 from closeloop.channels.twilio_sandbox import TwilioSandbox, twilio_messages
+from closeloop.connectors.card_sandbox import CardSandbox
 from closeloop.errors import OperationalError
 
 SANDBOX_SID, SANDBOX_TOKEN, SANDBOX_NUMBER = "AC" + "0" * 32, "sandbox-auth-token", "+15005550006"
+# Where the demo's mini-app says it lives: its simulated customers reach it in-process.
+DEMO_URL = "https://pay.acme.test"
 
 
 class Device:
@@ -91,43 +95,60 @@ class Sandboxes:
 
 
 @contextmanager
-def sandboxes(folder: Path, *, fresh: bool = True) -> Iterator[Sandboxes]:
-    """Run the SMTP and Twilio sandboxes on free loopback ports for one demo.
+def sandboxes(
+    folder: Path,
+    *,
+    fresh: bool = True,
+    kinds: tuple[str, ...] = ("smtp", "twilio", "cards"),
+    public_url: str = DEMO_URL,
+) -> Iterator[Sandboxes]:
+    """Run the SMTP, Twilio and card sandboxes on free loopback ports for one demo.
 
     Each runs in a process of its own, so the providers' work happens on the
     other core while the simulation and the dispatcher run here, and nothing
     waits on this process's GIL to answer a send. A resumed demo (`fresh`
-    false) keeps what they received before.
+    false) keeps what they received before. The card sandbox sends customers
+    back to `public_url`, the mini-app's address.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("smtp.db", "twilio.db") if fresh else ():
+    for name in (f"{k}.db" for k in kinds) if fresh else ():
         for suffix in ("", "-wal", "-shm"):
             (folder / f"{name}{suffix}").unlink(missing_ok=True)
     context = multiprocessing.get_context("spawn")  # threads run here: never fork
     stop = context.Event()
-    ports = {"smtp": free_port(), "twilio": free_port()}
+    ports = {kind: free_port() for kind in kinds}
+    card_key = secrets.token_urlsafe(24)  # this run's only: nothing to keep
     processes = []
     for kind, port in ports.items():
         ready = context.Event()
+        options = {"api_key": card_key, "allowed": public_url} if kind == "cards" else {}
         process = context.Process(
-            target=_serve, args=(kind, str(folder), port, ready, stop), daemon=True
+            target=_serve, args=(kind, str(folder), port, ready, stop, options), daemon=True
         )
         process.start()
         processes.append((kind, process, ready))
-    running = Sandboxes(
-        settings={
+    settings: dict[str, Any] = {}
+    if "smtp" in ports:
+        settings |= {
             "smtp_host": "127.0.0.1",
             "smtp_port": ports["smtp"],
             "smtp_starttls": False,
             "email_sender": "Acme Card <billing@acme.test>",
+        }
+    if "twilio" in ports:
+        settings |= {
             "twilio_base_url": f"http://127.0.0.1:{ports['twilio']}",
             "twilio_account_sid": SANDBOX_SID,
             "twilio_auth_token": SANDBOX_TOKEN,
             "twilio_sms_from": SANDBOX_NUMBER,
             "twilio_whatsapp_from": SANDBOX_NUMBER,
-        },
-        folder=folder,
-    )
+        }
+    if "cards" in ports:
+        settings |= {
+            "card_fields_url": f"http://127.0.0.1:{ports['cards']}",
+            "card_api_key": card_key,
+        }
+    running = Sandboxes(settings=settings, folder=folder)
     try:
         for kind, process, ready in processes:
             while not ready.wait(0.1):
@@ -142,10 +163,11 @@ def sandboxes(folder: Path, *, fresh: bool = True) -> Iterator[Sandboxes]:
             process.join(timeout=30)
             if process.is_alive():
                 process.kill()
-    running.received = running.count()
+    if "smtp" in ports and "twilio" in ports:
+        running.received = running.count()
 
 
-def _serve(kind: str, folder: str, port: int, ready: Any, stop: Any) -> None:
+def _serve(kind: str, folder: str, port: int, ready: Any, stop: Any, options: Any) -> None:
     """A sandbox's process: serve until `stop` is set or the demo is gone, then write."""
     engine = sa.create_engine(f"sqlite:///{Path(folder) / f'{kind}.db'}")
     parent = os.getppid()
@@ -161,15 +183,22 @@ def _serve(kind: str, folder: str, port: int, ready: Any, stop: Any) -> None:
             wait()
             sink.stop()
             return
-        twilio = TwilioSandbox(
-            engine,
-            account_sid=SANDBOX_SID,
-            auth_token=SANDBOX_TOKEN,
-            rate_per_second=1_000_000,
-            batch=500,
-        )
+        twilio = None
+        if kind == "cards":
+            web = CardSandbox(
+                engine, allowed_origins=[options["allowed"]], api_key=options["api_key"]
+            ).app
+        else:
+            twilio = TwilioSandbox(
+                engine,
+                account_sid=SANDBOX_SID,
+                auth_token=SANDBOX_TOKEN,
+                rate_per_second=1_000_000,
+                batch=500,
+            )
+            web = twilio.app
         server = uvicorn.Server(
-            uvicorn.Config(twilio.app, host="127.0.0.1", port=port, log_level="warning")
+            uvicorn.Config(web, host="127.0.0.1", port=port, log_level="warning")
         )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -179,6 +208,7 @@ def _serve(kind: str, folder: str, port: int, ready: Any, stop: Any) -> None:
         wait()
         server.should_exit = True
         thread.join(timeout=10)
-        twilio.flush()
+        if twilio is not None:
+            twilio.flush()
     finally:
         engine.dispose()

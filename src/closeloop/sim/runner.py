@@ -19,11 +19,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from closeloop.app import App, TriggerIn
+from closeloop.app.links import token_from_url
 from closeloop.clock import SimClock
 from closeloop.engine import Status
 from closeloop.errors import CloseloopError, InputError
-from closeloop.sim.customers import on_grid, react, run_session
+from closeloop.sim.customers import on_grid, react
 from closeloop.sim.portfolio import backend_events, make_account
+from closeloop.sim.visits import Visitor
 
 START = datetime(2026, 3, 2, 13, 0, tzinfo=UTC)
 metadata = sa.MetaData()
@@ -75,10 +77,11 @@ Progress = Callable[[float, float], None]
 
 
 class Simulation:
-    def __init__(self, app: App, clock: SimClock, params: Params) -> None:
+    def __init__(self, app: App, clock: SimClock, params: Params, visitor: Visitor) -> None:
         self.app = app
         self.clock = clock
         self.params = params
+        self.visitor = visitor  # the customers' browser on the mini-app
         self.world = app.sink.engine
         self._looked_at: int | None = None  # the sink's delivery count when last read in full
         metadata.create_all(self.world)
@@ -161,11 +164,7 @@ class Simulation:
                     results[result.trigger_id] = result.status
         for row in rows:
             if row.kind == "session":
-                account = self.app.ledger.read_account(row.payload["account_id"])
-                secrets = dict(account.secrets) if account else {}
-                results[row.id] = run_session(
-                    self.params.seed, self.app.service, row.payload, secrets
-                )
+                results[row.id] = self._visit(row.payload)
             elif row.kind == "opt_out":
                 try:
                     self.app.service.opt_out(
@@ -177,6 +176,22 @@ class Simulation:
         with self.world.begin() as c:
             c.execute(_mark_done, [{"b_id": r.id, "b_result": results.get(r.id, "")} for r in rows])
         return len(rows)
+
+    def _visit(self, payload: dict[str, Any]) -> str:
+        """A customer taps a message's link and goes through the mini-app."""
+        account = self.app.ledger.read_account(payload["account_id"])
+        secrets = dict(account.secrets) if account else {}
+        case_id, seed = payload["case_id"], self.params.seed
+        result = self.visitor.visit(seed, payload, secrets, case_id)
+        if result == "link: not valid" and not self.app.runtime.case(case_id).status.terminal:
+            # Used or expired: the customer answers "the link does not work" and is
+            # sent a new one (what an agent's "send a new link" does). A visit cut
+            # short by a crash is taken up again the same way on --resume.
+            link = self.app.service.issue_link(case_id, payload.get("channel", "sms"))
+            result = self.visitor.visit(
+                seed, {**payload, "token": token_from_url(link)}, secrets, case_id
+            )
+        return result
 
     def _schedule_reactions(self) -> bool:
         deliveries = self.app.sink.deliveries
