@@ -27,11 +27,17 @@ class CardTokens:
         self.client = httpx.Client(
             base_url=base_url.rstrip("/"), auth=(api_key, ""), timeout=timeout
         )
+        # A token names one card for good: the page that shows it and the form that
+        # confirms it ask once between them.
+        self._known: dict[str, CardOnFile] = {}
 
     def describe(self, token: str) -> CardOnFile | None:
         """The card behind `token`, or None when the provider does not know it."""
         if not token.startswith("tok_") or not token[4:].isalnum():
             return None
+        known = self._known.get(token)
+        if known is not None:
+            return known
         try:
             response = self.client.get(f"/v1/tokens/{token}")
         except httpx.HTTPError:
@@ -39,12 +45,16 @@ class CardTokens:
         if response.status_code != 200:
             return None
         body = response.json()
-        return CardOnFile(
+        card = CardOnFile(
             token=token,
             brand=str(body.get("brand", "card")),
             last4=str(body.get("last4", "")),
             expiry=str(body.get("expiry", "")),
         )
+        if len(self._known) >= 10_000:
+            self._known.clear()
+        self._known[token] = card
+        return card
 
     def close(self) -> None:
         self.client.close()

@@ -14,10 +14,16 @@ Server-rendered pages (Jinja2), no script, one column for a phone.
   allows for this case, then the confirmation with a reference.
 - Every form carries the session's CSRF token; every page is ``no-store``,
   ``no-referrer``, with a strict Content-Security-Policy.
+
+Every route is a coroutine that calls the store directly: a request's few
+short queries cost less than handing it to a worker thread and back, which
+halved the page rate on this project's 2-core machine (see
+docs/benchmarks.md, mini-app requests).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import secrets
 import time
@@ -203,18 +209,18 @@ def router(app: App) -> APIRouter:
 
     # -- assets (no personal data: cacheable) ---------------------------------
     @routes.get("/m/assets/app.css", include_in_schema=False)
-    def app_css() -> Response:
+    async def app_css() -> Response:
         return Response(
             stylesheet, media_type="text/css", headers={"Cache-Control": "max-age=3600"}
         )
 
     @routes.get("/m/assets/brand.css", include_in_schema=False)
-    def brand_stylesheet() -> Response:
+    async def brand_stylesheet() -> Response:
         return Response(brand_css, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
 
     # -- the session's page ---------------------------------------------------------
     @routes.get("/m", response_class=HTMLResponse, include_in_schema=False)
-    def home(request: Request) -> Response:
+    async def home(request: Request) -> Response:
         session = current(request)
         if session is None:
             return expired(request)
@@ -307,7 +313,7 @@ def router(app: App) -> APIRouter:
 
     # -- a new card, by token -------------------------------------------------------
     @routes.get("/m/card", response_class=HTMLResponse, include_in_schema=False)
-    def card_returned(request: Request, token: str = "", state: str = "") -> Response:
+    async def card_returned(request: Request, token: str = "", state: str = "") -> Response:
         """Where the provider sends the customer back with a token: shows it, changes nothing."""
         session = current(request)
         if session is None:
@@ -505,7 +511,9 @@ def router(app: App) -> APIRouter:
         )
 
     @routes.get("/m/pay/{amount}", response_class=HTMLResponse, include_in_schema=False)
-    def pay_returned(request: Request, amount: str, token: str = "", state: str = "") -> Response:
+    async def pay_returned(
+        request: Request, amount: str, token: str = "", state: str = ""
+    ) -> Response:
         """Where the provider sends the customer back with a new card to pay with."""
         session = current(request)
         if session is None:
@@ -663,12 +671,12 @@ def router(app: App) -> APIRouter:
 
     # -- the link -------------------------------------------------------------------
     @routes.get("/m/{token}", response_class=HTMLResponse, include_in_schema=False)
-    def landing(token: str, request: Request) -> HTMLResponse:
+    async def landing(token: str, request: Request) -> HTMLResponse:
         locale = pick(request.headers.get("accept-language"))
         return page("landing", locale, "landing.title", action=f"/m/{token}")
 
     @routes.post("/m/{token}", response_class=HTMLResponse, include_in_schema=False)
-    def open_link(token: str, request: Request) -> Response:
+    async def open_link(token: str, request: Request) -> Response:
         started = time.monotonic()
         locale = pick(request.headers.get("accept-language"))
         try:  # each POST is its own use: a link opens one session, once
@@ -676,10 +684,10 @@ def router(app: App) -> APIRouter:
         except NotFound:
             if current(request) is not None:  # a double tap: the first one got through
                 return RedirectResponse("/m", status_code=303)
-            time.sleep(max(0.0, started + floor - time.monotonic()))
+            await asyncio.sleep(max(0.0, started + floor - time.monotonic()))
             return message(locale, "invalid.title", "invalid.text", status=404)
         except StateError:
-            time.sleep(max(0.0, started + floor - time.monotonic()))
+            await asyncio.sleep(max(0.0, started + floor - time.monotonic()))
             return message(locale, "closed.title", "closed.text", status=410)
         session = app.sessions.start(visit.case_id, visit.channel)
         return with_session(RedirectResponse("/m", status_code=303), session)
