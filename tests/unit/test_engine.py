@@ -330,8 +330,8 @@ def test_a_payment_names_a_method_on_file_or_a_new_cards_token(compiled: Compile
         "choose a payment method on file or a new card, not both"
     )
     on_file, new_card = pay(method="pm_1"), pay(token_ref="tok_abc")
-    posted = [i for i in on_file.intents if isinstance(i, RequestWriteback)][0]
+    posted = next(i for i in on_file.intents if isinstance(i, RequestWriteback))
     assert posted.payload["method"] == "pm_1" and "token_ref" not in posted.payload
     assert on_file.case.submission == {"option": "pay_now", "amount": "100", "method": "pm_1"}
-    posted = [i for i in new_card.intents if isinstance(i, RequestWriteback)][0]
+    posted = next(i for i in new_card.intents if isinstance(i, RequestWriteback))
     assert posted.payload["token_ref"] == "tok_abc" and "method" not in posted.payload
