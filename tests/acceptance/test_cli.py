@@ -68,12 +68,20 @@ def test_demo_json_summary_and_same_seed_same_summary(workdir: Path) -> None:
         "exception_rate",
         "deflection_rate",
         "messages_sent",
+        "one_time_codes",
         "deferred",
         "blocked",
         "opt_outs",
         "database",
     ):
         assert key in first
+    with sqlite3.connect(workdir / "a" / "world.db") as world:  # the customers' visits, over HTTP
+        visits = dict(
+            world.execute(
+                "SELECT result, count(*) FROM sim_actions WHERE kind = 'session' GROUP BY result"
+            ).fetchall()
+        )
+    assert visits.get("paid", 0) > 0 and visits.get("card_updated", 0) > 0, visits
     assert set(first["deferred"]) == {"quiet_hours", "fatigue_cap"}
     assert first["sms_segments"] >= first["messages_sent"]["sms"] > 0
     assert first["sms_cost"] == pytest.approx(first["sms_segments"] * 0.0083)
@@ -212,8 +220,9 @@ def test_demo_over_the_sandbox_providers_matches_the_sink(workdir: Path) -> None
     sink = demo_json(*args, "--providers", "sink", "--out", str(workdir / "sink"), cwd=workdir)
     real = demo_json(*args, "--out", str(workdir / "real"), cwd=workdir)  # sandboxes: the default
     sent = real.pop("provider_messages")
-    assert sent["smtp"] == real["messages_sent"]["email"] > 0
-    assert sent["twilio"] == real["messages_sent"]["sms"] + real["messages_sent"]["whatsapp"] > 0
+    messages, codes = real["messages_sent"], real["one_time_codes"]
+    assert sent["smtp"] == messages["email"] + codes["email"] > 0
+    assert sent["twilio"] == messages["sms"] + messages["whatsapp"] + codes["sms"] > 0
     for summary in (sink, real):
         summary.pop("database"), summary.pop("providers")
     assert real == sink

@@ -177,6 +177,40 @@ def test_a_new_card_typed_into_the_providers_frame(served: tuple[App, str], phon
     assert app.runtime.case(case_id).outcome == "card_updated"
 
 
+def test_paying_with_a_new_card_on_a_phone(served: tuple[App, str], phone: Any) -> None:
+    app, _ = served
+    case_id, link = case_and_link(app, ident="t-pay-card")
+    open_and_verify(phone, link)
+    assert phone.get_by_label("Visa card ending 4242, expires 08/28").is_checked()
+    phone.get_by_label(re.compile("Amount to pay")).fill("50.00")
+    phone.get_by_label("A new card").check()
+    phone.get_by_role("button", name="Pay", exact=True).click()
+    phone.get_by_role("heading", name="Pay with your new card").wait_for()
+    accessible(phone)
+    fields = phone.frame_locator("iframe.card-fields")
+    fields.get_by_label("Card number").fill("4242 4242 4242 4242")
+    fields.get_by_label("Expiry (MM/YY)").fill("12/39")
+    fields.get_by_label("Security code").fill("123")
+    fields.get_by_role("button", name="Save card").click()
+    phone.get_by_text(re.compile(r"Pay \$50\.00 with the visa card ending 4242")).wait_for()
+    accessible(phone)
+    phone.get_by_role("button", name="Pay", exact=True).click()
+    phone.get_by_role("heading", name="Thank you, it is done").wait_for()
+    submission = app.runtime.case(case_id).submission
+    assert submission["amount"] == "50.00" and str(submission["token_ref"]).startswith("tok_")
+
+
+def test_telling_us_something_is_wrong(served: tuple[App, str], phone: Any) -> None:
+    app, _ = served
+    case_id, link = case_and_link(app, ident="t-dispute")
+    open_and_verify(phone, link)
+    phone.get_by_label(re.compile("Tell us what is wrong")).fill("Not my charge")
+    phone.get_by_role("button", name="Ask a person to look at it").click()
+    phone.get_by_role("heading", name="A person will look at this").wait_for()
+    accessible(phone)
+    assert app.runtime.case(case_id).status is Status.EXCEPTION
+
+
 def test_an_attestation_read_and_confirmed(served: tuple[App, str], phone: Any) -> None:
     app, _ = served
     case_id = kyc_case(app, "k1")

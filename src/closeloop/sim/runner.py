@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from closeloop.app import App, TriggerIn
 from closeloop.app.links import token_from_url
+from closeloop.channels.sink import sink_messages
 from closeloop.clock import SimClock
 from closeloop.engine import Status
 from closeloop.errors import CloseloopError, InputError
@@ -284,6 +285,7 @@ def summarize(app: App, params: Params, database: str) -> dict[str, Any]:
             if case.status is Status.RESOLVED and case.closed_at is not None:
                 durations.append((case.closed_at - case.opened_at).total_seconds() / 3600)
                 agent_free += 0 if case.agent_touched else 1
+    codes = _codes_delivered(app)
     cases = sum(counts.values())
     reached = cases - counts.get("ineligible", 0) - counts.get("not_enrolled", 0)
     resolved = counts.get("resolved", 0)
@@ -309,6 +311,7 @@ def summarize(app: App, params: Params, database: str) -> dict[str, Any]:
         "deflection_rate": rate(agent_free, reached),
         "touches_per_resolution": rate(sent, resolved),
         "messages_sent": {ch: channels.get(ch, 0) for ch in ("email", "sms", "whatsapp")},
+        "one_time_codes": {ch: codes.get(ch, 0) for ch in ("email", "sms")},
         "deferred": {r: held["deferred"].get(r, 0) for r in ("quiet_hours", "fatigue_cap")},
         "blocked": dict(sorted(held["blocked"].items())),
         "opt_outs": consents.get("withdrawn", 0),
@@ -317,6 +320,17 @@ def summarize(app: App, params: Params, database: str) -> dict[str, Any]:
         "duplicate_writebacks": app.ledger.duplicate_effects(),
         "database": database,
     }
+
+
+def _codes_delivered(app: App) -> dict[str, int]:
+    """One-time codes the customers' devices received, by channel (sent outside the outbox)."""
+    stmt = (
+        sa.select(sink_messages.c.channel, sa.func.count())
+        .where(sink_messages.c.idempotency_key.like("%.code.%"))
+        .group_by(sink_messages.c.channel)
+    )
+    with app.sink.engine.connect() as c:
+        return {channel: n for channel, n in c.execute(stmt).all()}
 
 
 def to_json(summary: dict[str, Any]) -> str:
