@@ -576,6 +576,16 @@ def test_a_payment_uses_a_method_on_file_and_only_one_on_file(app: App) -> None:
     assert writeback["data"]["option"] == "pay_now"  # type: ignore[index]
 
 
+def test_a_refusal_is_explained_in_the_customers_language(app: App) -> None:
+    _, link = opened(app, account="A2", trigger_id="t2")  # Lucía reads Spanish
+    client = browser(app)
+    page = signed_in(app, client, link)
+    form = {"csrf": csrf(page), "nonce": field(page, "nonce"), "option": "pay_now"}
+    refused = client.post("/m/submit", data={**form, "amount": "50.00", "method": "pm_9"})
+    assert refused.status_code == 422
+    assert "No pudimos aceptarlo: esa forma de pago no está registrada" in refused.text
+
+
 def test_a_customer_who_says_something_is_wrong_reaches_a_person(app: App) -> None:
     case_id, link = opened(app)
     client = browser(app)

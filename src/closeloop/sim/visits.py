@@ -114,7 +114,7 @@ class Visitor:
         if choice < 0.45:
             return await self._new_card(page)
         if choice < 0.53:
-            return await self._arrangement(page, form)
+            return await self._arrangement(page, form, rng, case_id)
         return await self._pay(page, form, rng, case_id)
 
     async def _new_card(self, page: str) -> str:
@@ -147,7 +147,7 @@ class Visitor:
             return None
         return back.removeprefix(self.public)
 
-    async def _arrangement(self, page: str, form: dict[str, str]) -> str:
+    async def _arrangement(self, page: str, form: dict[str, str], rng: Any, case_id: str) -> str:
         """A payment plan: the fewest instalments offered, monthly if offered, starting today."""
         counts = re.findall(r'name="instalments" value="(\d+)"', page)
         frequencies = re.findall(r'<option value="([a-z]+)">', page)
@@ -164,7 +164,11 @@ class Visitor:
         review = await self._post("/m/plan", plan)
         if review.status_code != 200:
             return f"refused: {review.status_code}"
-        agreed = await self._post("/m/submit", _hidden(review.text))
+        agreed = await self._coded(
+            await self._post("/m/submit", _hidden(review.text)), rng, case_id
+        )
+        if isinstance(agreed, str):
+            return agreed
         return "arranged" if agreed.status_code == 303 else f"refused: {agreed.status_code}"
 
     async def _pay(self, page: str, form: dict[str, str], rng: Any, case_id: str) -> str:
@@ -191,17 +195,24 @@ class Visitor:
             if confirm.status_code != 200:
                 return f"refused: {confirm.status_code}"
             answer = await self._post("/m/submit", _hidden(confirm.text))
-        if answer.status_code == 200 and 'action="/m/code"' in answer.text:
-            if rng.random() >= 0.85:  # never looked at the text message
-                return "gave_up_code"
-            code = self._code(case_id)
-            if code is None:
-                return "no_code"
-            answer = await self._post("/m/code", {**_hidden(answer.text), "code": code})
-        if answer.status_code != 303:
-            return f"refused: {answer.status_code}"
+        final = await self._coded(answer, rng, case_id)
+        if isinstance(final, str):
+            return final
+        if final.status_code != 303:
+            return f"refused: {final.status_code}"
         done = await self._page()
         return "paid" if "CL-" in done else "refused: no confirmation"
+
+    async def _coded(self, answer: httpx.Response, rng: Any, case_id: str) -> httpx.Response | str:
+        """Past the one-time code page, if the submission led to one (or how the visit ended)."""
+        if answer.status_code != 200 or 'action="/m/code"' not in answer.text:
+            return answer
+        if rng.random() >= 0.85:  # never looked at the text message
+            return "gave_up_code"
+        code = self._code(case_id)
+        if code is None:
+            return "no_code"
+        return await self._post("/m/code", {**_hidden(answer.text), "code": code})
 
     def _code(self, case_id: str) -> str | None:
         """The newest one-time code on the customer's phone or in their inbox."""

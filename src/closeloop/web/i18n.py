@@ -300,6 +300,46 @@ def pick(accept_language: str | None) -> str:
     return min(ranked)[1] if ranked else "en"
 
 
+# Why the engine or the customer service refused something, as the customer may read
+# it. The engine speaks English (its reasons go into the case history); a page in
+# another language shows the translation, or the English when there is none.
+REASONS: Mapping[str, Mapping[str, str]] = {
+    "es": {
+        "identity must be confirmed first": "primero debe confirmar su identidad",
+        "amount must be a number": "el importe debe ser un número",
+        "the statement was changed; read it again": "el texto cambió; léalo de nuevo",
+        "the statement must be accepted": "debe aceptar el texto",
+        "the email address is not valid": "el correo electrónico no es válido",
+        "the phone number is not valid": "el número de teléfono no es válido",
+        "the address needs a street, a city, a state and a ZIP code": (
+            "la dirección necesita calle, ciudad, estado y código postal"
+        ),
+        "the state must be its two-letter code": "el estado debe ser su código de dos letras",
+        "the ZIP code must be 5 digits": "el código postal debe tener 5 dígitos",
+        "choose a payment method on file or a new card, not both": (
+            "elija una forma de pago registrada o una tarjeta nueva, no ambas"
+        ),
+        "choose a payment method on file or a new card": (
+            "elija una forma de pago registrada o una tarjeta nueva"
+        ),
+        "that payment method is not on file for this account": (
+            "esa forma de pago no está registrada en esta cuenta"
+        ),
+        "too many codes were sent; wait a few minutes": (
+            "se enviaron demasiados códigos; espere unos minutos"
+        ),
+        "there is no phone or email on file to send a code to": (
+            "no tenemos un teléfono ni un correo registrado al que enviar un código"
+        ),
+    }
+}
+
+
+def reason(locale: str, why: str) -> str:
+    """A refusal's reason in `locale` (the engine's English when there is no translation)."""
+    return REASONS.get(locale, {}).get(why, why)
+
+
 def text(locale: str, key: str, *, default: str | None = None, **values: object) -> str:
     """The words for `key` in `locale` (English if missing there), filled in."""
     words = TEXT.get(locale, TEXT["en"])

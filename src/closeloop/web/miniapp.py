@@ -16,9 +16,9 @@ Server-rendered pages (Jinja2), no script, one column for a phone.
   ``no-referrer``, with a strict Content-Security-Policy.
 
 Every route is a coroutine that calls the store directly: a request's few
-short queries cost less than handing it to a worker thread and back, which
-halved the page rate on this project's 2-core machine (see
-docs/benchmarks.md, mini-app requests).
+short queries cost less than handing it to a worker thread and back (without
+that hand-off `GET /m` serves 2.2 times the requests per second on a 2-core
+machine; see docs/benchmarks.md, mini-app requests).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from closeloop.engine import Case, Status
 from closeloop.errors import NotFound, StateError
 from closeloop.ids import short_digest
 from closeloop.policy import OfferedOption, Plan, chosen_plan, last_first_date
-from closeloop.web.i18n import LOCALES, pick, text
+from closeloop.web.i18n import LOCALES, pick, reason, text
 
 COOKIE = "__Host-closeloop-session"
 _CENT = Decimal("0.01")
@@ -201,7 +201,7 @@ def router(app: App) -> APIRouter:
         except StateError as exc:
             if "one-time code" in str(exc) and not coded:
                 return ask_code(session, case, form)
-            error = text(locale_of(case), "refused.text", reason=str(exc))
+            error = text(locale_of(case), "refused.text", reason=reason(locale_of(case), str(exc)))
             return show(
                 session, app.runtime.case(case.id), error=error, error_field=field, status=422
             )
@@ -584,7 +584,7 @@ def router(app: App) -> APIRouter:
             try:
                 sent = app.service.send_code(case.id, session.channel, locale=locale)
             except StateError as exc:
-                error = text(locale, "refused.text", reason=str(exc))
+                error = text(locale, "refused.text", reason=reason(locale, str(exc)))
                 return show(session, case, error=error, status=429)
             to = sent.to
         amount = _amount(form.get("amount", "")) if form.get("option") == "pay_now" else None
@@ -646,9 +646,9 @@ def router(app: App) -> APIRouter:
             return checked
         session, case, form = checked
         locale = locale_of(case)
-        reason = " ".join(form.get("reason", "").split())[:500] or text(locale, "dispute.default")
+        words = " ".join(form.get("reason", "").split())[:500] or text(locale, "dispute.default")
         try:
-            app.service.dispute(case.id, reason, key=f"web:{case.id}:{form.get('nonce', '')}")
+            app.service.dispute(case.id, words, key=f"web:{case.id}:{form.get('nonce', '')}")
         except StateError:
             return show(session, app.runtime.case(case.id))
         app.sessions.end(session)
@@ -663,7 +663,7 @@ def router(app: App) -> APIRouter:
         try:
             sent = app.service.send_code(case.id, session.channel, locale=locale_of(case))
         except StateError as exc:
-            error = text(locale_of(case), "refused.text", reason=str(exc))
+            error = text(locale_of(case), "refused.text", reason=reason(locale_of(case), str(exc)))
             to = app.service.code_destination(case.id, session.channel)
             return ask_code(session, case, form, error=error, to=to, status=429)
         notice = text(locale_of(case), "code.again", to=sent.to)
