@@ -131,6 +131,29 @@ def test_a_large_payment_with_a_one_time_code(served: tuple[App, str], phone: An
     phone.get_by_role("heading", name="Thank you, it is done").wait_for()
 
 
+def test_wrong_codes_until_the_lock(served: tuple[App, str], phone: Any) -> None:
+    app, _ = served
+    case_id, link = case_and_link(app, amount="900.00", ident="t-codes")
+    open_and_verify(phone, link)
+    phone.get_by_label(re.compile("Amount to pay")).fill("900.00")
+    phone.get_by_role("button", name="Pay", exact=True).click()
+    phone.get_by_role("heading", name="Enter the code we sent you").wait_for()
+    (sms,) = [m for m in app.sink.delivered_after(0) if m["case_id"] == case_id]
+    code = int(re.findall(r"\b\d{6}\b", sms["body"])[0])
+    wrong = f"{(code + 1) % 10**6:06d}"
+    for left in (4, 3, 2, 1):
+        phone.get_by_label("6-digit code").fill(wrong)
+        phone.get_by_role("button", name=re.compile("Confirm the payment")).click()
+        phone.get_by_text(f"That code is not right. Attempts left: {left}.").wait_for()
+        assert phone.get_by_label("6-digit code").get_attribute("aria-invalid") == "true"
+    accessible(phone)
+    phone.get_by_label("6-digit code").fill(wrong)
+    phone.get_by_role("button", name=re.compile("Confirm the payment")).click()
+    phone.get_by_role("heading", name="We could not confirm it is you").wait_for()
+    accessible(phone)
+    assert app.runtime.case(case_id).status is Status.EXCEPTION
+
+
 def test_an_expired_link_and_a_double_tap(
     served: tuple[App, str], phone: Any, clock: SimClock
 ) -> None:
