@@ -59,6 +59,8 @@ def test_a_new_card_is_saved_by_token_and_confirmed(app: App, cards: str) -> Non
     assert src.startswith(f"{cards}/fields?")
     assert f"frame-src {cards}" in client.get("/m").headers["content-security-policy"]
     params = {k: v[0] for k, v in parse_qs(urlsplit(src).query).items()}
+    # Neither the state nor the token is hex, where a run of digits could pass as a card.
+    assert re.fullmatch(r"[A-Za-z0-9_-]{24}", params["state"])
     form = httpx.get(src)  # what the iframe shows, from the provider's origin
     assert form.status_code == 200 and 'autocomplete="cc-number"' in form.text
     assert "frame-ancestors https://pay.example" in form.headers["content-security-policy"]
@@ -69,6 +71,7 @@ def test_a_new_card_is_saved_by_token_and_confirmed(app: App, cards: str) -> Non
     assert saved.status_code == 303
     back = urlsplit(saved.headers["location"])
     assert f"{back.scheme}://{back.netloc}{back.path}" == "https://pay.example/m/card"
+    assert re.fullmatch(r"tok_[A-Za-z0-9]{24}", parse_qs(back.query)["token"][0])
     shown = client.get(f"/m/card?{back.query}")
     assert shown.status_code == 200 and "ending 4242" in shown.text and "12/39" in shown.text
     assert "4242 4242" not in shown.text

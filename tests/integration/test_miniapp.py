@@ -362,11 +362,7 @@ def test_card_numbers_are_refused_everywhere_and_kept_out_of_logs(app: App) -> N
     assert "4111111111111111" not in record.getMessage()
     assert luhn("79927398713") and not luhn("79927398710")
     assert has_card_number("5500 0000 0000 0004") and not has_card_number("2026-03-02 15:00")
-    # Digits inside a longer word (a token, a hex state) are not a card number.
-    assert not has_card_number("tok_4111111111111111ab")
-    assert not has_card_number("e4111111111111111")
-    state = client.get("/m/card", params={"state": "f4111111111111111a", "token": "tok_1"})
-    assert state.status_code == 401  # the route answered (no session); nothing was refused
+    assert has_card_number("card4111111111111111") and has_card_number("tok_4111111111111111x")
 
 
 def test_the_identity_key_is_made_once_and_bad_keys_are_refused(tmp_path: Path) -> None:

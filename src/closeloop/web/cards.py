@@ -28,10 +28,11 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# A run of 13 to 19 digits (spaces or dashes between them allowed) standing on its own:
-# digits inside a longer word (a token, a hex digest such as a form's state) are not
-# a card number, and flagging them would turn customers away at random.
-_RUN = re.compile(r"(?<!\w)\d(?:[ -]?\d){12,18}(?!\w)")
+# A run of 13 to 19 digits, spaces or dashes between them allowed, wherever it is
+# (a number glued to a word is still a card number). What closeloop and its card
+# sandbox put in requests themselves (link tokens, states, nonces, card tokens) is
+# drawn from 62 or 64 symbols, where 13 digits in a row do not happen by chance.
+_RUN = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
 LARGEST_SCANNED = 2 * 1024 * 1024  # bodies above this are not scanned (nor multipart uploads)
 log = structlog.get_logger("closeloop.cards")
 

@@ -24,6 +24,7 @@ machine; see docs/benchmarks.md, mini-app requests).
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import secrets
 import time
@@ -301,7 +302,8 @@ def router(app: App) -> APIRouter:
 
     def card_state(session: Session, purpose: str) -> str:
         """What the provider hands back with the token: ties it to this session and purpose."""
-        return hmac.new(session.csrf.encode(), purpose.encode(), "sha256").hexdigest()[:32]
+        digest = hmac.new(session.csrf.encode(), purpose.encode(), "sha256").digest()
+        return base64.urlsafe_b64encode(digest[:18]).decode()  # hex could look like a card
 
     def fields_url(session: Session, back: str, purpose: str) -> str:
         """The provider's card form, sending the customer back to `back` with a token."""
