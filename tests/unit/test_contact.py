@@ -95,6 +95,16 @@ def test_quiet_hours_defer_to_the_first_minute_allowed_in_every_zone(
         assert not allowed_everywhere(got - timedelta(seconds=1), zones, window)
 
 
+def test_quiet_hours_reach_a_zone_a_local_date_ahead() -> None:
+    # Found by the property above: Lord Howe (UTC+10:30, +11 from 4 October 2026)
+    # opens its 00:00 window on its 5 October, still inside the coming eight days.
+    now = datetime(2026, 9, 27, 0, 0, tzinfo=UTC)
+    window = ContactWindow(start=time(0, 0), end=time(9, 15))
+    assert next_allowed(now, ["America/New_York", "Australia/Lord_Howe"], window) == datetime(
+        2026, 10, 4, 13, 0, tzinfo=UTC
+    )
+
+
 def test_quiet_hours_across_new_yorks_dst_changes() -> None:
     ny = ["America/New_York"]
     # 2026-03-08 01:30 EST, the night clocks spring forward: 08:00 EDT is 12:00 UTC.

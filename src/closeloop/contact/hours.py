@@ -99,14 +99,16 @@ def next_allowed(
     tzs = [zone(z) for z in zones] or [zone(None)]
     if all(window.contains(now, tz) for tz in tzs):
         return now
-    # The answer, if any, is the opening of some zone's window on some day.
+    # The answer, if any, is the opening of some zone's window on some day. A zone
+    # ahead of `now`'s reaches one local date further within the same span.
     openings = []
+    limit = now + timedelta(days=_LOOKAHEAD_DAYS)
     for tz in tzs:
         first = now.astimezone(tz).date()
-        for day in range(_LOOKAHEAD_DAYS):
+        for day in range(_LOOKAHEAD_DAYS + 1):
             local = datetime.combine(first + timedelta(days=day), window.start, tzinfo=tz)
             at = local.astimezone(now.tzinfo)
-            if at > now:
+            if now < at <= limit:
                 openings.append(at)
     for at in sorted(openings):
         if all(window.contains(at, tz) for tz in tzs):
