@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from closeloop.clock import Clock
-from closeloop.store import Store
+from closeloop.store import Store, Tx
 
 IDLE = timedelta(minutes=30)
 ABSOLUTE = timedelta(hours=12)
@@ -56,6 +56,12 @@ class Sessions:
         level: str = "none",
         started_at: datetime | None = None,
     ) -> Session:
+        with self.store.transaction() as tx:
+            return self._start(tx, case_id, channel, level=level, started_at=started_at)
+
+    def _start(
+        self, tx: Tx, case_id: str, channel: str, *, level: str, started_at: datetime | None
+    ) -> Session:
         now = self.clock.now()
         session = Session(
             id=secrets.token_urlsafe(32),
@@ -65,19 +71,18 @@ class Sessions:
             level=level,
             started_at=started_at or now,
         )
-        with self.store.transaction() as tx:
-            tx.save_session(
-                {
-                    "id_hash": _hash(session.id),
-                    "case_id": case_id,
-                    "channel": channel,
-                    "csrf": session.csrf,
-                    "level": level,
-                    "created_at": session.started_at,
-                    "seen_at": now,
-                    "ended_at": None,
-                }
-            )
+        tx.save_session(
+            {
+                "id_hash": _hash(session.id),
+                "case_id": case_id,
+                "channel": channel,
+                "csrf": session.csrf,
+                "level": level,
+                "created_at": session.started_at,
+                "seen_at": now,
+                "ended_at": None,
+            }
+        )
         return session
 
     def find(self, session_id: str | None) -> Session | None:
@@ -106,11 +111,12 @@ class Sessions:
         )
 
     def rotate(self, session: Session, level: str) -> Session:
-        """End `session` and start its successor at `level` (after an identity check)."""
-        self.end(session)
-        return self.start(
-            session.case_id, session.channel, level=level, started_at=session.started_at
-        )
+        """End `session` and start its successor at `level` (after an identity check), at once."""
+        with self.store.transaction() as tx:
+            tx.end_session(_hash(session.id), self.clock.now())
+            return self._start(
+                tx, session.case_id, session.channel, level=level, started_at=session.started_at
+            )
 
     def end(self, session: Session) -> None:
         with self.store.transaction() as tx:

@@ -28,6 +28,7 @@ from closeloop.channels.smtp import SmtpSink, free_port, smtp_received
 from closeloop.channels.twilio_sandbox import TwilioSandbox, twilio_messages
 from closeloop.connectors.card_sandbox import CardSandbox
 from closeloop.errors import OperationalError
+from closeloop.store.database import create_engine
 
 SANDBOX_SID, SANDBOX_TOKEN, SANDBOX_NUMBER = "AC" + "0" * 32, "sandbox-auth-token", "+15005550006"
 # Where the demo's mini-app says it lives: its simulated customers reach it in-process.
@@ -169,7 +170,8 @@ def sandboxes(
 
 def _serve(kind: str, folder: str, port: int, ready: Any, stop: Any, options: Any) -> None:
     """A sandbox's process: serve until `stop` is set or the demo is gone, then write."""
-    engine = sa.create_engine(f"sqlite:///{Path(folder) / f'{kind}.db'}")
+    # WAL, as `closeloop sandbox ...` runs them: a card token is one small commit, not a sync.
+    engine = create_engine(f"sqlite:///{Path(folder) / f'{kind}.db'}")
     parent = os.getppid()
 
     def wait() -> None:  # a demo killed with SIGKILL cannot set `stop`: watch for it

@@ -70,6 +70,12 @@ class Applied:
     fired_timers: tuple[str, ...] = ()
 
 
+# Read on every mini-app request: built once.
+_session_by_hash = sa.select(miniapp_sessions).where(
+    miniapp_sessions.c.id_hash == sa.bindparam("id_hash")
+)
+
+
 class Store:
     """The engine's database (SQLite file or PostgreSQL)."""
 
@@ -718,8 +724,7 @@ class Tx:
         self.c.execute(miniapp_sessions.insert(), row)
 
     def session(self, id_hash: str) -> dict[str, Any] | None:
-        stmt = sa.select(miniapp_sessions).where(miniapp_sessions.c.id_hash == id_hash)
-        row = self.c.execute(stmt).first()
+        row = self.c.execute(_session_by_hash, {"id_hash": id_hash}).first()
         return dict(row._mapping) if row else None
 
     def touch_session(self, id_hash: str, now: datetime) -> None:
