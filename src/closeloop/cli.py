@@ -11,6 +11,7 @@ import contextlib
 import csv
 import json
 import os
+import secrets
 import sys
 import time
 from collections.abc import Iterator
@@ -399,6 +400,71 @@ def sandbox_smtp(
                 time.sleep(3600)
     finally:
         sink.stop()
+        engine.dispose()
+
+
+@sandbox_cli.command("core")
+def sandbox_core(
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8092,
+    host: str = "127.0.0.1",
+    faults: Annotated[
+        Path | None, typer.Option(help="a JSON file of faults to start with (see docs/core.md)")
+    ] = None,
+    accounts: Annotated[
+        Path | None, typer.Option(help="a JSON file: a list of account records to load")
+    ] = None,
+) -> None:
+    """Run the reference billing core: accounts, payments and a ledger, with injected faults.
+
+    Its API key and admin key come from CLOSELOOP_CORE_API_KEY and
+    CLOSELOOP_CORE_ADMIN_KEY, or are made up and printed. Faults can be
+    changed while it runs: PUT /_admin/faults with the admin key.
+    """
+    import uvicorn
+    from pydantic import ValidationError
+
+    from closeloop.connectors.reference_core import Faults, ReferenceCore
+    from closeloop.store.database import create_engine
+
+    settings = _settings()
+    api_key = os.environ.get("CLOSELOOP_CORE_API_KEY") or secrets.token_urlsafe(18)
+    admin_key = os.environ.get("CLOSELOOP_CORE_ADMIN_KEY") or secrets.token_urlsafe(18)
+    start = Faults()
+    if faults is not None:
+        try:
+            start = Faults.model_validate_json(faults.read_text())
+        except OSError as exc:
+            raise InputError(f"--faults {faults}: {exc.strerror}") from exc
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'faults'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise InputError(f"--faults {faults}: {problems}") from exc
+    records: list[dict[str, Any]] = []
+    if accounts is not None:
+        try:
+            records = json.loads(accounts.read_text())
+        except OSError as exc:
+            raise InputError(f"--accounts {accounts}: {exc.strerror}") from exc
+        except ValueError as exc:
+            raise InputError(f"--accounts {accounts}: not JSON ({exc})") from exc
+        if not isinstance(records, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("account_id"), str) for r in records
+        ):
+            raise InputError(
+                f"--accounts {accounts}: expected a list of objects, each with an account_id"
+            )
+    engine = create_engine(f"sqlite:///{settings.data_dir / 'core.db'}")
+    core = ReferenceCore(engine, api_key=api_key, admin_key=admin_key, faults=start)
+    added = core.add_accounts(records)
+    err.print(
+        f"reference core on http://{host}:{port} ({added} accounts added; "
+        f"API key {api_key}, admin key {admin_key})"
+    )
+    try:
+        uvicorn.run(core.app, host=host, port=port, log_level="warning")
+    finally:
         engine.dispose()
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import smtplib
 import sqlite3
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.acceptance.conftest import listening
+from tests.acceptance.conftest import listening, run
 
 
 def running(data: Path, kind: str) -> AbstractContextManager[int]:
@@ -41,3 +43,28 @@ def test_sandbox_twilio_answers_like_twilio(tmp_path: Path) -> None:
             url, data={**form, "To": "+15005550001"}, auth=(sid, "sandbox-auth-token")
         )
         assert invalid.status_code == 400 and invalid.json()["code"] == 21211
+
+
+def test_sandbox_core_takes_a_payment_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOSELOOP_CORE_API_KEY", "api-key")
+    monkeypatch.setenv("CLOSELOOP_CORE_ADMIN_KEY", "admin-key")
+    accounts = tmp_path / "accounts.json"
+    accounts.write_text(json.dumps([{"account_id": "A1", "facts": {"balance": 100.0}}]))
+    args = ("sandbox", "core", "--accounts", str(accounts), "--port")
+    with listening(tmp_path, *args) as port:
+        url = f"http://127.0.0.1:{port}"
+        paid = [
+            httpx.post(
+                f"{url}/v1/accounts/A1/payments",
+                json={"amount": "40.00", "method": "pm_1", "reference": "r1"},
+                headers={"Authorization": "Bearer api-key", "Idempotency-Key": "k1"},
+            )
+            for _ in range(2)
+        ]
+        assert [p.status_code for p in paid] == [201, 201] and paid[0].json() == paid[1].json()
+        ledger = httpx.get(f"{url}/_admin/ledger", headers={"Authorization": "Bearer admin-key"})
+        assert ledger.json()["effects"] == 1
+    bad = tmp_path / "faults.json"
+    bad.write_text('{"errors": {"503": 3}}')
+    done = run("sandbox", "core", "--faults", str(bad), cwd=tmp_path)
+    assert done.returncode == 2 and "errors: the share for 503" in done.stderr
