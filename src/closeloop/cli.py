@@ -48,6 +48,8 @@ template_cli = typer.Typer(no_args_is_help=True, help="Look at message templates
 cli.add_typer(template_cli, name="template")
 sandbox_cli = typer.Typer(no_args_is_help=True, help="Local providers for development.")
 cli.add_typer(sandbox_cli, name="sandbox")
+connector_cli = typer.Typer(no_args_is_help=True, help="Connector mappings.")
+cli.add_typer(connector_cli, name="connector")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
@@ -57,19 +59,24 @@ def _settings(**overrides: Any) -> Settings:
 
 
 # -- spec -------------------------------------------------------------------
+def _problems(exc: SpecError, file: Path, as_json: bool) -> typer.Exit:
+    """Print every problem of a file (or them as JSON); the exit for bad input."""
+    if as_json:
+        print(json.dumps({"valid": False, "problems": [p.__dict__ for p in exc.problems]}))
+    else:
+        for problem in exc.problems:
+            err.print(str(problem), markup=False, highlight=False)
+        err.print(f"{len(exc.problems)} problem(s) in {file}", style="bold red")
+    return typer.Exit(2)
+
+
 @spec_cli.command("validate")
 def spec_validate(file: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Check a spec; print every problem with file:line:column (exit 2 if any)."""
     try:
         compiled = load_spec_file(file)
     except SpecError as exc:
-        if as_json:
-            print(json.dumps({"valid": False, "problems": [p.__dict__ for p in exc.problems]}))
-        else:
-            for problem in exc.problems:
-                err.print(str(problem), markup=False, highlight=False)
-            err.print(f"{len(exc.problems)} problem(s) in {file}", style="bold red")
-        raise typer.Exit(2) from None
+        raise _problems(exc, file, as_json) from None
     if as_json:
         print(
             json.dumps(
@@ -88,6 +95,24 @@ def spec_validate(file: Path, as_json: Annotated[bool, typer.Option("--json")] =
 def spec_explain(file: Path) -> None:
     """Print the one-page summary a reviewer signs off."""
     print(explain(load_spec_file(file).spec), end="")  # plain text, unwrapped: a page to sign
+
+
+@connector_cli.command("validate")
+def connector_validate(
+    file: Path, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """Check a connector mapping; print every problem with file:line:column (exit 2 if any)."""
+    from closeloop.connectors.mapping import load_mapping_file
+
+    try:
+        mapping = load_mapping_file(file)
+    except SpecError as exc:
+        raise _problems(exc, file, as_json) from None
+    operations = sorted(mapping.operations)
+    if as_json:
+        print(json.dumps({"valid": True, "connector": mapping.connector, "operations": operations}))
+    else:
+        out.print(f"{file}: valid ({mapping.connector}: {', '.join(operations)})", style="green")
 
 
 # -- database ---------------------------------------------------------------

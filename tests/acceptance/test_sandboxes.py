@@ -68,3 +68,16 @@ def test_sandbox_core_takes_a_payment_once(tmp_path: Path, monkeypatch: pytest.M
     bad.write_text('{"errors": {"503": 3}}')
     done = run("sandbox", "core", "--faults", str(bad), cwd=tmp_path)
     assert done.returncode == 2 and "errors: the share for 503" in done.stderr
+
+
+def test_connector_validate_points_at_each_problem(tmp_path: Path) -> None:
+    example = (
+        Path(__file__).resolve().parents[2] / "examples" / "connectors" / "reference_core.yaml"
+    )
+    good = run("connector", "validate", str(example), cwd=tmp_path)
+    assert good.returncode == 0 and "valid (reference_core" in good.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(example.read_text().replace("kind: rest", "kind: soap"))
+    refused = run("connector", "validate", str(bad), cwd=tmp_path)
+    assert refused.returncode == 2
+    assert f"{bad}:6:7: kind: expected one of 'rest'" in refused.stderr

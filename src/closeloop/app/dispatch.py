@@ -456,7 +456,7 @@ class Dispatcher:
                 result = self.connector.execute(
                     payload["operation"],
                     payload.get("argument"),
-                    payload["data"],
+                    {**payload["data"], "outcome": payload.get("outcome")},
                     item.idempotency_key,
                 )
             except Exception as exc:  # a connector bug must not lose the outcome
@@ -472,7 +472,9 @@ class Dispatcher:
                     and result.retryable
                     and (item.attempts + 1 < self.retry.max_attempts)
                 ):
-                    at = now + self.retry.delay(item.idempotency_key, item.attempts)
+                    backoff = self.retry.delay(item.idempotency_key, item.attempts)
+                    asked = timedelta(seconds=result.retry_after or 0)  # the core's Retry-After
+                    at = now + max(backoff, asked)
                     back.retries.append((item.id, at, {"error": result.error}))
                     continue
                 back.finished.append(

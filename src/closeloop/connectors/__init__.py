@@ -1,9 +1,11 @@
 """Connectors: how outcomes reach the system of record.
 
 The port reads an account and executes one writeback operation under an
-idempotency key. This foundation ships the simulated ledger core used by the
-demo and the tests; REST, SQL, batch-file and plugin connectors plug in
-behind the same port.
+idempotency key. Shipped: the REST connector (`rest`, driven by a YAML
+mapping, `mapping`), the reference billing core it is tested against
+(`reference_core`, an HTTP service), and the simulated ledger the demo uses
+in-process (`ledger`). SQL, batch-file and plugin connectors plug in behind
+the same port.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ class WritebackResult:
     reference: str = ""
     retryable: bool = False
     error: str = ""
+    retry_after: float | None = None  # seconds the core asked the caller to wait (429, 503)
 
 
 class Connector(Protocol):

@@ -193,8 +193,9 @@ class ReferenceCore:
             }
 
     # -- keys -----------------------------------------------------------------------
-    def _claim(self, key: str, fingerprint: str) -> JSONResponse | None:
-        """Start processing `key`; or the answer a repeat of it gets (replay, 409, 422)."""
+    def _claim(self, key: str, fingerprint: str) -> JSONResponse | tuple[int, Any] | None:
+        """Start processing `key` (None); or a repeat's answer: the stored one to replay
+        (status, body), or a refusal (409, 422)."""
         now = self.clock()
         with self.engine.begin() as c:
             c.execute(core_keys.delete().where(core_keys.c.created_at < now - KEY_LIFETIME))
@@ -221,9 +222,7 @@ class ReferenceCore:
             with self.engine.begin() as c:
                 c.execute(core_keys.update().where(core_keys.c.key == key).values(created_at=now))
             return None
-        return JSONResponse(
-            row.body, status_code=row.status, headers={"Idempotent-Replayed": "true"}
-        )
+        return int(row.status), row.body
 
     def _write(
         self,
@@ -297,7 +296,9 @@ class ReferenceCore:
             draw -= share
         return None
 
-    async def _after(self, rng: random.Random, status: int, body: dict[str, Any]) -> Response:
+    async def _after(
+        self, rng: random.Random, status: int, body: dict[str, Any], *, replayed: bool = False
+    ) -> Response:
         """The answer, as the faults let it through: withheld, broken, cut short or drifted."""
         if self.faults.latency_ms:
             await asyncio.sleep(self.faults.latency_ms / 1000)
@@ -308,7 +309,8 @@ class ReferenceCore:
         text = json.dumps(_drifted(body) if self.faults.drift else body).encode()
         if rng.random() < self.faults.truncated:
             return _Truncated(text, status_code=status)
-        return Response(text, status_code=status, media_type="application/json")
+        headers = {"Idempotent-Replayed": "true"} if replayed else None
+        return Response(text, status_code=status, media_type="application/json", headers=headers)
 
     # -- the API --------------------------------------------------------------------
     def _build(self) -> FastAPI:
@@ -353,8 +355,10 @@ class ReferenceCore:
                 + json.dumps(body, sort_keys=True).encode()
             ).hexdigest()
             answered = self._claim(key, fingerprint)
-            if answered is not None:
+            if isinstance(answered, Response):
                 return answered
+            if answered is not None:  # a replay meets the same faults as a first answer
+                return await self._after(rng, *answered, replayed=True)
             status, answer = self._write(key, operation, account_id, body, effect)
             return await self._after(rng, status, answer)
 

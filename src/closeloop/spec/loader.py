@@ -9,12 +9,12 @@ meaning of the whole (references between sections, CEL rules, reachability).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
@@ -30,6 +30,7 @@ from closeloop.spec.rules import (
 )
 
 Path_ = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,6 +112,21 @@ def load_spec_file(path: str | Path) -> CompiledSpec:
 
 def load_spec(text: str, *, filename: str = "<spec>") -> CompiledSpec:
     """Validate spec text; raise SpecError listing every problem found."""
+    spec, problem = parse_yaml_model(
+        text,
+        Spec,
+        filename=filename,
+        expected="expected a mapping with workflow, version, trigger, outcomes, ...",
+    )
+    return _check_meaning(spec, text, problem)
+
+
+Where = Callable[..., Problem]  # (path, message, value=True) -> a Problem at that path
+
+
+def parse_yaml_model(text: str, model: type[M], *, filename: str, expected: str) -> tuple[M, Where]:
+    """Parse YAML text into `model`: every syntax and shape problem at its line, or
+    the model and a function that places further problems at their paths."""
     yaml = YAML(typ="rt")
     try:
         document = yaml.load(text)
@@ -122,8 +138,7 @@ def load_spec(text: str, *, filename: str = "<spec>") -> CompiledSpec:
             [Problem(file=filename, line=line, column=column, path="", message=message)]
         ) from exc
     if not isinstance(document, CommentedMap):
-        message = "expected a mapping with workflow, version, trigger, outcomes, ..."
-        raise SpecError([Problem(file=filename, line=1, column=1, path="", message=message)])
+        raise SpecError([Problem(file=filename, line=1, column=1, path="", message=expected)])
     positions = _Positions(document)
 
     def problem(path: Path_, message: str, *, value: bool = True) -> Problem:
@@ -131,7 +146,7 @@ def load_spec(text: str, *, filename: str = "<spec>") -> CompiledSpec:
         return Problem(file=filename, line=line, column=column, path=_dotted(path), message=message)
 
     try:
-        spec = Spec.model_validate(_plain(document))
+        return model.model_validate(_plain(document)), problem
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -155,7 +170,6 @@ def load_spec(text: str, *, filename: str = "<spec>") -> CompiledSpec:
                 message = message.removeprefix("Value error, ")
             problems.append(problem(loc, message, value=error["type"] != "extra_forbidden"))
         raise SpecError(sorted(problems, key=lambda p: (p.line, p.column))) from exc
-    return _check_meaning(spec, text, problem)
 
 
 def _check_meaning(spec: Spec, text: str, problem: Any) -> CompiledSpec:

@@ -51,19 +51,19 @@ ExceptionReason = Literal[
 StepCondition = Literal["always", "not_opened", "not_verified"]
 
 _CLOCK = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*$")
-_DURATION = re.compile(r"^\s*(\d+)\s*(m|h|d|w)\s*$")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 EVENT_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
 
 
 def parse_duration(value: Any) -> timedelta:
-    """Parse ``30m``, ``24h``, ``3d`` or ``1w`` into a timedelta."""
+    """Parse ``10s``, ``30m``, ``24h``, ``3d`` or ``1w`` into a timedelta."""
     if isinstance(value, timedelta):
         return value
     match = _DURATION.match(str(value)) if isinstance(value, str | int) else None
     if match is None:
-        raise ValueError("expected a duration such as 30m, 24h, 3d or 1w")
+        raise ValueError("expected a duration such as 10s, 30m, 24h, 3d or 1w")
     amount = int(match.group(1))
     if amount <= 0:
         raise ValueError("a duration must be longer than zero")

@@ -1,0 +1,221 @@
+"""A connector's mapping: how closeloop's operations become a system of record's requests.
+
+One YAML file per connector, validated like a resolution spec (every problem
+with file:line:column, the field path and what is expected). For a REST
+connector it names the base URL, the credentials (from the environment, never
+in the file), per-call timeouts, and for each operation the request (method,
+path with ``{field}`` placeholders, body fields with renames, conversions and
+constants) and what a successful answer must hold (the effect's reference at
+a field path). See docs/connectors.md.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from closeloop.errors import Problem, SpecError
+from closeloop.spec.loader import parse_yaml_model
+from closeloop.spec.model import Duration, Operation
+
+# What closeloop hands a connector for each write: the writeback's payload (the
+# outcome's values, the account and the case), its argument and its key.
+SOURCES = frozenset(
+    {
+        "account_id",
+        "case_id",
+        "argument",
+        "idempotency_key",
+        "amount",
+        "method",
+        "token_ref",
+        "instalments",
+        "frequency",
+        "first_date",
+        "schedule",
+        "email",
+        "phone",
+        "address",
+        "document_ref",
+        "type",
+        "size",
+        "sha256",
+        "note",
+        "statement_version",
+        "outcome",
+    }
+)
+Conversion = Literal["string", "decimal", "cents", "integer", "boolean", "as_is"]
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class FieldMap(_Strict):
+    """One field of a request body: taken from closeloop's data (renamed, converted) or fixed."""
+
+    source: str | None = Field(default=None, alias="from")
+    const: Any = None
+    type: Conversion = "as_is"
+    required: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FieldMap:
+        if (self.source is None) == (self.const is None):
+            raise ValueError("give exactly one of from (a field of closeloop's data) or const")
+        if self.source is not None and self.source not in SOURCES:
+            known = ", ".join(sorted(SOURCES))
+            raise ValueError(f"from: {self.source!r} is not a field closeloop sends ({known})")
+        return self
+
+
+class Answer(_Strict):
+    """What a successful answer must hold."""
+
+    # A dotted path into the JSON answer ("id", "data.0.id").
+    reference: str = Field(pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+
+
+class RestOperation(_Strict):
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+    path: str = Field(pattern=r"^/\S*$")
+    body: dict[str, FieldMap] = Field(default_factory=dict)
+    answer: Answer | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _placeholders(cls, path: str) -> str:
+        for name in _PLACEHOLDER.findall(path):
+            if name not in SOURCES:
+                raise ValueError(f"{{{name}}} is not a field closeloop sends")
+        return path
+
+
+class ApiKey(_Strict):
+    type: Literal["api_key"]
+    header: str = "Authorization"
+    prefix: str = "Bearer "
+    env: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$")
+
+
+class Timeouts(_Strict):
+    connect: Duration = timedelta(seconds=2)
+    read: Duration = timedelta(seconds=10)
+
+
+class AccountFields(_Strict):
+    """Where the account's parts are in the core's answer to read_account."""
+
+    first_name: str = "first_name"
+    locale: str = "locale"
+    time_zone: str = "time_zone"
+    facts: str = "facts"
+    contacts: str = "contacts"
+    payment_methods: str = "payment_methods"
+    secrets: str = "secrets"
+
+
+class RestMapping(_Strict):
+    connector: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    version: int = Field(ge=1)
+    kind: Literal["rest"]
+    base_url: str = Field(pattern=r"^https?://[^/\s]+(/\S*)?$")
+    auth: ApiKey
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    honours_idempotency_keys: bool = True
+    account: RestOperation
+    account_fields: AccountFields = Field(default_factory=AccountFields)
+    operations: dict[Operation, RestOperation]
+    # How to find an effect by its reference, for reads before a retry.
+    find_effect: RestOperation | None = None
+
+    @model_validator(mode="after")
+    def _answers(self) -> RestMapping:
+        for name, operation in self.operations.items():
+            if operation.answer is None:
+                raise ValueError(f"operations.{name}: answer.reference is required")
+        if not self.honours_idempotency_keys and self.find_effect is None:
+            raise ValueError(
+                "find_effect is required when the core does not honour idempotency keys"
+            )
+        return self
+
+
+def load_mapping(text: str, *, filename: str = "<connector>") -> RestMapping:
+    """Validate a connector mapping; raise SpecError with every problem at its line."""
+    mapping, _ = parse_yaml_model(
+        text,
+        RestMapping,
+        filename=filename,
+        expected="expected a mapping with connector, version, kind, base_url, operations",
+    )
+    return mapping
+
+
+def load_mapping_file(path: str | Path) -> RestMapping:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(
+            [Problem(file=str(file), line=1, column=1, path="", message=exc.strerror or "")]
+        ) from exc
+    return load_mapping(text, filename=str(file))
+
+
+def convert(value: Any, kind: Conversion) -> Any:
+    """A value of closeloop's data as the core wants it; ValueError if it cannot be."""
+    if kind == "as_is" or value is None:
+        return value
+    if kind == "string":
+        return str(value)
+    if kind in ("decimal", "cents"):
+        try:
+            number = Decimal(str(value))
+        except InvalidOperation:
+            raise ValueError(f"{value!r} is not a decimal amount") from None
+        return str(number) if kind == "decimal" else int(number * 100)
+    if kind == "integer":
+        return int(value)
+    return bool(value)
+
+
+def render_path(template: str, data: dict[str, Any]) -> str:
+    """`template` with each {field} replaced by its value (URL-quoted); KeyError if missing."""
+    from urllib.parse import quote
+
+    return _PLACEHOLDER.sub(lambda m: quote(str(data[m.group(1)]), safe=""), template)
+
+
+def build_body(fields: dict[str, FieldMap], data: dict[str, Any]) -> dict[str, Any]:
+    """The request body for `data`: renamed, converted and fixed fields; missing ones left out."""
+    body: dict[str, Any] = {}
+    for name, field in fields.items():
+        if field.source is None:
+            body[name] = field.const
+            continue
+        if data.get(field.source) is None:
+            if field.required:
+                raise ValueError(f"{field.source} is required for {name}")
+            continue
+        body[name] = convert(data[field.source], field.type)
+    return body
+
+
+def at_path(document: Any, path: str) -> Any:
+    """The value at a dotted path of a decoded JSON answer, or None."""
+    for part in path.split("."):
+        if isinstance(document, list) and part.isdigit() and int(part) < len(document):
+            document = document[int(part)]
+        elif isinstance(document, dict) and part in document:
+            document = document[part]
+        else:
+            return None
+    return document
