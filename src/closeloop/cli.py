@@ -428,6 +428,16 @@ def sandbox_smtp(
         engine.dispose()
 
 
+def _json_file(flag: str, path: Path) -> Any:
+    """The JSON a flag's file holds; InputError naming the flag and the file if not."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"{flag} {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise InputError(f"{flag} {path}: not JSON ({exc})") from exc
+
+
 @sandbox_cli.command("core")
 def sandbox_core(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8092,
@@ -457,23 +467,17 @@ def sandbox_core(
     start = Faults()
     if faults is not None:
         try:
-            start = Faults.model_validate_json(faults.read_text())
-        except OSError as exc:
-            raise InputError(f"--faults {faults}: {exc.strerror}") from exc
+            start = Faults.model_validate(_json_file("--faults", faults))
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'faults'}: {e['msg']}"
+                f"{'.'.join(str(p) for p in e['loc']) or 'faults'}: "
+                f"{e['msg'].removeprefix('Value error, ')}"
                 for e in exc.errors()
             )
             raise InputError(f"--faults {faults}: {problems}") from exc
-    records: list[dict[str, Any]] = []
+    records: Any = []
     if accounts is not None:
-        try:
-            records = json.loads(accounts.read_text())
-        except OSError as exc:
-            raise InputError(f"--accounts {accounts}: {exc.strerror}") from exc
-        except ValueError as exc:
-            raise InputError(f"--accounts {accounts}: not JSON ({exc})") from exc
+        records = _json_file("--accounts", accounts)
         if not isinstance(records, list) or not all(
             isinstance(r, dict) and isinstance(r.get("account_id"), str) for r in records
         ):

@@ -19,8 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from closeloop.errors import Problem, SpecError
-from closeloop.spec.loader import parse_yaml_model
+from closeloop.spec.loader import parse_yaml_model, read_source
 from closeloop.spec.model import Duration, Operation
 
 # What closeloop hands a connector for each write: the writeback's payload (the
@@ -160,14 +159,7 @@ def load_mapping(text: str, *, filename: str = "<connector>") -> RestMapping:
 
 
 def load_mapping_file(path: str | Path) -> RestMapping:
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(
-            [Problem(file=str(file), line=1, column=1, path="", message=exc.strerror or "")]
-        ) from exc
-    return load_mapping(text, filename=str(file))
+    return load_mapping(read_source(path), filename=str(path))
 
 
 def convert(value: Any, kind: Conversion) -> Any:

@@ -122,15 +122,20 @@ class Visitor:
         frame = _FRAME.search(page)
         if frame is None:
             return "no_offer"
-        returned = self._card_form(html.unescape(frame.group(1)))
-        if returned is None:
-            return "card_refused"
-        card = await self._get(returned)
-        if card.status_code != 200:
-            return f"refused: {card.status_code}"
+        card = await self._typed_card(frame)
+        if isinstance(card, str):
+            return card
         fields = {k: _value(card.text, k) for k in ("csrf", "nonce", "token")}
         done = await self._post("/m/card", fields)
         return "card_updated" if done.status_code == 303 else f"refused: {done.status_code}"
+
+    async def _typed_card(self, frame: re.Match[str]) -> httpx.Response | str:
+        """The card typed into the provider's frame; the mini-app's page showing it, or why not."""
+        returned = self._card_form(html.unescape(frame.group(1)))
+        if returned is None:
+            return "card_refused"
+        shown = await self._get(returned)
+        return shown if shown.status_code == 200 else f"refused: {shown.status_code}"
 
     def _card_form(self, fields_url: str) -> str | None:
         """Type the test card into the provider's form; the mini-app path it sends us back to."""
@@ -188,12 +193,9 @@ class Visitor:
         answer = await self._post("/m/submit", fields)
         frame = _FRAME.search(answer.text) if answer.status_code == 200 else None
         if frame is not None:  # a new card: the provider's form, then the mini-app's confirmation
-            returned = self._card_form(html.unescape(frame.group(1)))
-            if returned is None:
-                return "card_refused"
-            confirm = await self._get(returned)
-            if confirm.status_code != 200:
-                return f"refused: {confirm.status_code}"
+            confirm = await self._typed_card(frame)
+            if isinstance(confirm, str):
+                return confirm
             answer = await self._post("/m/submit", _hidden(confirm.text))
         final = await self._coded(answer, rng, case_id)
         if isinstance(final, str):

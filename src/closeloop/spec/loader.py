@@ -99,15 +99,18 @@ def _dotted(path: Path_) -> str:
     return out
 
 
+def read_source(path: str | Path) -> str:
+    """The text of an input file; SpecError saying why it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        problem = Problem(file=str(path), line=1, column=1, path="", message=exc.strerror or "")
+        raise SpecError([problem]) from exc
+
+
 def load_spec_file(path: str | Path) -> CompiledSpec:
     """Read and validate the spec at `path`; raise SpecError with every problem."""
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        problem = Problem(file=str(file), line=1, column=1, path="", message=exc.strerror or "")
-        raise SpecError([problem]) from exc
-    return load_spec(text, filename=str(file))
+    return load_spec(read_source(path), filename=str(path))
 
 
 def load_spec(text: str, *, filename: str = "<spec>") -> CompiledSpec:
