@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from closeloop.app import links
+from closeloop.app.breaker import CircuitBreaker, RetryBudget
 from closeloop.app.compose import approved_variables, compose
 from closeloop.app.pacing import Pace
 from closeloop.app.runtime import Runtime
@@ -49,6 +50,7 @@ from closeloop.engine import (
 )
 from closeloop.errors import InputError
 from closeloop.ids import rng_for
+from closeloop.spec.model import format_duration
 from closeloop.store import Applied, OutboxItem, Tx
 
 log = structlog.get_logger("closeloop.dispatch")
@@ -83,10 +85,20 @@ class Dispatcher:
         pace: Mapping[str, Pace] | None = None,
         concurrency: int = 1,
         telemetry: Telemetry | None = None,
+        breaker: CircuitBreaker | None = None,
+        budget: RetryBudget | None = None,
+        writeback_deadline: timedelta = timedelta(hours=24),
+        connector_name: str = "core",
     ) -> None:
         self.runtime = runtime
         self.channels = channels
         self.connector = connector
+        self.connector_name = connector_name
+        self.breaker = breaker or CircuitBreaker()
+        self.budget = budget or RetryBudget()
+        # A writeback still held back (breaker open) this long after its outcome fails,
+        # and its case goes to an agent with the reason.
+        self.writeback_deadline = writeback_deadline
         self.retry = retry
         self.public_url = public_url
         self.link_lifetime = link_lifetime
@@ -450,7 +462,16 @@ class Dispatcher:
         if not claimed:
             return 0
         results: list[tuple[OutboxItem, WritebackResult]] = []
+        held: list[tuple[OutboxItem, datetime, str]] = []  # (item, until, why): not an attempt
+        opened: list[tuple[datetime, str]] = []
         for item in claimed:
+            now = self.runtime.clock.now()
+            if not self.breaker.allows(now):
+                held.append((item, self.breaker.reopens_at(now), "circuit_open"))
+                continue
+            if not self.budget.allows(item.attempts > 0, now):
+                held.append((item, now + timedelta(seconds=5), "retry_budget"))
+                continue
             payload = item.payload
             try:
                 result = self.connector.execute(
@@ -462,10 +483,31 @@ class Dispatcher:
             except Exception as exc:  # a connector bug must not lose the outcome
                 log.exception("connector_crashed", key=item.idempotency_key)
                 result = WritebackResult(ok=False, retryable=True, error=f"connector error: {exc}")
+            if self.breaker.record(result.ok or not result.retryable, self.runtime.clock.now()):
+                opened.append((self.runtime.clock.now(), result.error))
             results.append((item, result))
         now = self.runtime.clock.now()
         with self.runtime.store.transaction() as tx:
-            back = _FeedBack(self.runtime, tx, [i for i, _ in results], now)
+            for at, why in opened:
+                tx.log_connector(self.connector_name, "breaker_opened", at, why)
+                log.warning("breaker_opened", connector=self.connector_name, reason=why)
+            back = _FeedBack(self.runtime, tx, [i for i, _ in results] + [h[0] for h in held], now)
+            for item, until, why in held:
+                created = item.created_at or now
+                if now - created < self.writeback_deadline:
+                    back.deferrals.append((item.id, until, {"held": why}))
+                    continue
+                reason = (
+                    f"not written back within {format_duration(self.writeback_deadline)}: "
+                    f"the system of record is unavailable ({why.replace('_', ' ')})"
+                )
+                back.finished.append((item.id, "failed", {"error": reason}))
+                back.apply(
+                    item,
+                    WritebackFailed(
+                        operation_key=item.idempotency_key, reason=reason, key=f"outbox:{item.id}"
+                    ),
+                )
             for item, result in results:
                 if (
                     not result.ok

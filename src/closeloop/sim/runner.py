@@ -279,6 +279,8 @@ def summarize(app: App, params: Params, database: str) -> dict[str, Any]:
         held = tx.contact_decisions()
         consents = tx.consent_counts()
         segments, sms_cost = tx.sms_usage()
+        retries = tx.writeback_retries()
+        connector_events = tx.connector_events()
         durations = []
         agent_free = 0
         for case in tx.all_cases():
@@ -307,6 +309,8 @@ def summarize(app: App, params: Params, database: str) -> dict[str, Any]:
         if durations
         else None,
         "writeback_success_rate": rate(wb_done, wb_done + wb_failed),
+        "writeback_retries": retries,
+        "breaker_openings": connector_events.get("breaker_opened", 0),
         "exception_rate": rate(counts.get("exception", 0), reached),
         "deflection_rate": rate(agent_free, reached),
         "touches_per_resolution": rate(sent, resolved),

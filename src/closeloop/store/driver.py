@@ -52,7 +52,7 @@ _STATE_FIELDS = (
 )
 _state_of = attrgetter(*_STATE_FIELDS)
 _JSON_PARAMS = frozenset({"state", "data", "payload", "result"})
-_OUTBOX_COLUMNS = "id, case_id, kind, idempotency_key, payload, attempts"
+_OUTBOX_COLUMNS = "id, case_id, kind, idempotency_key, payload, attempts, created_at"
 _CONSENT_COLUMNS = (
     "channel, address, granted, at, actor, method, source, notice_version, account_id"
 )

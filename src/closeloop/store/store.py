@@ -36,6 +36,7 @@ from closeloop.store.tables import (
     backend_events,
     case_events,
     cases,
+    connector_log,
     consents,
     delivery_receipts,
     documents,
@@ -58,6 +59,7 @@ class OutboxItem:
     idempotency_key: str
     payload: dict[str, Any]
     attempts: int
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -374,6 +376,7 @@ class Tx:
                 idempotency_key=r[3],
                 payload=dict(self.d.read_json(r[4])),
                 attempts=r[5],
+                created_at=self.d.read_time(r[6]),
             )
             for r in rows
         ]
@@ -417,6 +420,22 @@ class Tx:
             for i, due, r in retries
         ]
         self._many("retry_outbox", rows)
+
+    def log_connector(self, connector: str, event: str, at: datetime, detail: str) -> None:
+        self.c.execute(
+            connector_log.insert().values(connector=connector, event=event, at=at, detail=detail)
+        )
+
+    def connector_events(self) -> dict[str, int]:
+        """How many times each connector event happened (`breaker_opened`, ...)."""
+        stmt = sa.select(connector_log.c.event, sa.func.count()).group_by(connector_log.c.event)
+        return {event: n for event, n in self.c.execute(stmt).all()}
+
+    def writeback_retries(self) -> int:
+        """Attempts made for writebacks after their first."""
+        extra = sa.case((outbox.c.attempts > 1, outbox.c.attempts - 1), else_=0)
+        stmt = sa.select(sa.func.coalesce(sa.func.sum(extra), 0))
+        return int(self.c.execute(stmt.where(outbox.c.kind == "writeback")).scalar_one())
 
     def outbox_counts(self) -> dict[tuple[str, str], int]:
         stmt = sa.select(outbox.c.kind, outbox.c.status, sa.func.count()).group_by(
@@ -632,6 +651,7 @@ class Tx:
             idempotency_key=row.idempotency_key,
             payload=dict(row.payload),
             attempts=row.attempts,
+            created_at=_aware(row.created_at),
         )
 
     def record_inbound(

@@ -150,6 +150,16 @@ links = sa.Table(
     sa.Index("ix_links_case", "case_id"),
 )
 
+connector_log = sa.Table(  # a connector's breaker opening or closing, with why
+    "connector_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("connector", sa.String(64), nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+)
+
 miniapp_sessions = sa.Table(
     "miniapp_sessions",
     metadata,
