@@ -44,7 +44,6 @@ class Visitor:
             transport=httpx.ASGITransport(app=web), base_url=self.public, follow_redirects=False
         )
         self.provider = httpx.Client(timeout=10, follow_redirects=False)
-        self.requests = 0
 
     def close(self) -> None:
         self._loop.run(self.client.aclose())
@@ -53,11 +52,9 @@ class Visitor:
 
     # -- HTTP -----------------------------------------------------------------
     async def _get(self, path: str) -> httpx.Response:
-        self.requests += 1
         return await self.client.get(path)
 
     async def _post(self, path: str, data: Mapping[str, str]) -> httpx.Response:
-        self.requests += 1
         return await self.client.post(path, data=dict(data))
 
     async def _page(self) -> str:
