@@ -65,8 +65,8 @@ def _problems(exc: SpecError, file: Path, as_json: bool) -> typer.Exit:
         print(json.dumps({"valid": False, "problems": [p.__dict__ for p in exc.problems]}))
     else:
         for problem in exc.problems:
-            err.print(str(problem), markup=False, highlight=False)
-        err.print(f"{len(exc.problems)} problem(s) in {file}", style="bold red")
+            err.print(str(problem), markup=False, highlight=False, soft_wrap=True)
+        err.print(f"{len(exc.problems)} problem(s) in {file}", style="bold red", soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -88,7 +88,7 @@ def spec_validate(file: Path, as_json: Annotated[bool, typer.Option("--json")] =
             )
         )
     else:
-        out.print(f"{file}: valid ({compiled.key})", style="green")
+        out.print(f"{file}: valid ({compiled.key})", style="green", soft_wrap=True)
 
 
 @spec_cli.command("explain")
@@ -112,7 +112,11 @@ def connector_validate(
     if as_json:
         print(json.dumps({"valid": True, "connector": mapping.connector, "operations": operations}))
     else:
-        out.print(f"{file}: valid ({mapping.connector}: {', '.join(operations)})", style="green")
+        out.print(
+            f"{file}: valid ({mapping.connector}: {', '.join(operations)})",
+            style="green",
+            soft_wrap=True,  # one line, however long the path: scripts read it
+        )
 
 
 # -- database ---------------------------------------------------------------
