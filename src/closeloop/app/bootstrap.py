@@ -25,7 +25,9 @@ from closeloop.channels.smtp import SmtpChannel
 from closeloop.channels.twilio import TwilioChannel
 from closeloop.channels.webhook import WebhookChannel
 from closeloop.clock import Clock, SystemClock
-from closeloop.connectors import LedgerCore
+from closeloop.connectors import Connector, LedgerCore
+from closeloop.connectors.mapping import load_mapping_file
+from closeloop.connectors.rest import RestConnector
 from closeloop.errors import InputError
 from closeloop.spec import load_spec_file
 from closeloop.store import Store
@@ -42,6 +44,7 @@ class App:
     service: CustomerService
     sink: SinkChannel
     ledger: LedgerCore
+    connector: Connector  # where outcomes are written back: the ledger or a mapped core
     channels: Mapping[str, Channel]
     inbound: Inbound
     telemetry: Telemetry
@@ -72,6 +75,9 @@ class App:
         self.store.dispose()
         self.sink.engine.dispose()
         self.ledger.engine.dispose()
+        close = getattr(self.connector, "close", None)
+        if close is not None:
+            close()
 
 
 def identity_key(settings: Settings) -> bytes:
@@ -137,11 +143,16 @@ def build(
         error_rate=error_rate,
         timeout_after_commit_rate=timeout_rate,
     )
+    connector: Connector = ledger
+    connector_name = "ledger"
+    if settings.connector is not None:  # the system of record, through its mapping
+        mapping = load_mapping_file(settings.connector)
+        connector, connector_name = RestConnector(mapping), mapping.connector
     workflows = Workflows(load_spec_file(path) for path in settings.workflows)
     runtime = Runtime(
         store=store,
         workflows=workflows,
-        connector=ledger,
+        connector=connector,
         clock=clock,
         cohort_percent=settings.cohort_percent,
     )
@@ -191,7 +202,8 @@ def build(
     dispatcher = Dispatcher(
         runtime,
         channels=channels,
-        connector=ledger,
+        connector=connector,
+        connector_name=connector_name,
         retry=retry,
         public_url=settings.public_url,
         link_lifetime=lifetime,
@@ -235,6 +247,7 @@ def build(
         service=service,
         sink=sink,
         ledger=ledger,
+        connector=connector,
         channels=channels,
         inbound=inbound,
         telemetry=telemetry,

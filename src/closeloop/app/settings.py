@@ -30,6 +30,11 @@ class Settings(BaseSettings):
         default_factory=lambda: [EXAMPLE],
         description='resolution specs to load, as JSON: ["specs/a.yaml", "specs/b.yaml"]',
     )
+    connector: Path | None = Field(
+        default=None,
+        description="a connector mapping (YAML): read accounts and write outcomes back through "
+        "it; unset, the local simulated ledger",
+    )
     public_url: str = "http://127.0.0.1:8000"
     link_lifetime_hours: int = Field(default=72, ge=1)
     link_failure_floor_seconds: float = Field(
