@@ -242,8 +242,10 @@ class CustomerService:
             self._checked(self.runtime.apply(case_id, event, tx=tx))
         return bool(passed)
 
-    def options(self, case_id: str) -> list[policy.OfferedOption]:
-        case = self.runtime.case(case_id)
+    def options(self, case: Case | str) -> list[policy.OfferedOption]:
+        """What this case may be offered now (give the case itself when it is at hand)."""
+        if isinstance(case, str):
+            case = self.runtime.case(case)
         return policy.options(self.runtime.spec_for(case), case.data, case.account)
 
     def submit(

@@ -253,7 +253,7 @@ def router(app: App) -> APIRouter:
                     for f in facts
                 ],
             )
-        offered = app.service.options(case.id)
+        offered = app.service.options(case)
         statements: dict[str, dict[str, str]] = {
             str(kind): option.statement or {}
             for kind, option in app.runtime.spec_for(case).spec.miniapp.options.items()
@@ -340,7 +340,7 @@ def router(app: App) -> APIRouter:
         if isinstance(checked, Response):
             return checked
         session, case, form = checked
-        offered = {o.kind for o in app.service.options(case.id)}
+        offered = {o.kind for o in app.service.options(case)}
         card = cards.describe(form.get("token", "")) if cards is not None else None
         nonce = form.get("nonce", "")
         if "update_card" not in offered or card is None or not nonce:
@@ -356,7 +356,7 @@ def router(app: App) -> APIRouter:
             return expired(request)
         case = app.runtime.case(session.case_id)
         locale = locale_of(case)
-        option = {o.kind: o for o in app.service.options(case.id)}.get("upload_document")
+        option = {o.kind: o for o in app.service.options(case)}.get("upload_document")
         if not session.verified or option is None:
             return show(session, case, status=403)
         kind, params = parse_options_header(request.headers.get("content-type", ""))
@@ -439,7 +439,7 @@ def router(app: App) -> APIRouter:
     def choose(session: Session, case: Case, form: dict[str, str]) -> Response:
         """Submit the option chosen in `form` (a payment or a change may need a code first)."""
         locale = locale_of(case)
-        offered = {o.kind: o for o in app.service.options(case.id)}
+        offered = {o.kind: o for o in app.service.options(case)}
         option = offered.get(form.get("option", ""))
         if option is None or not form.get("nonce"):
             return show(session, case, error=text(locale, "stale.text"), status=422)
@@ -535,7 +535,7 @@ def router(app: App) -> APIRouter:
     def plan_of(case: Case, form: dict[str, str]) -> tuple[OfferedOption, Plan] | str:
         """The plan a form asks for, if policy offers it; else the error to show."""
         now = app.clock.now()
-        option = {o.kind: o for o in app.service.options(case.id)}.get("arrangement")
+        option = {o.kind: o for o in app.service.options(case)}.get("arrangement")
         plan = chosen_plan(option, form, now) if option is not None else ""
         if option is None or isinstance(plan, str):
             last = last_first_date(option, now) if option is not None else now.date()
