@@ -50,10 +50,10 @@ class Problem:
 class SpecError(InputError):
     """The resolution spec is not valid."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], *, what: str = "the resolution spec") -> None:
         self.problems = problems
         lines = "\n".join(str(p) for p in problems)
-        super().__init__(f"{len(problems)} problem(s) in the resolution spec:\n{lines}")
+        super().__init__(f"{len(problems)} problem(s) in {what}:\n{lines}")
 
 
 class TriggerError(InputError):

@@ -483,8 +483,9 @@ class Dispatcher:
             except Exception as exc:  # a connector bug must not lose the outcome
                 log.exception("connector_crashed", key=item.idempotency_key)
                 result = WritebackResult(ok=False, retryable=True, error=f"connector error: {exc}")
-            if self.breaker.record(result.ok or not result.retryable, self.runtime.clock.now()):
-                opened.append((self.runtime.clock.now(), result.error))
+            answered = self.runtime.clock.now()
+            if self.breaker.record(result.ok or not result.retryable, answered):
+                opened.append((answered, result.error))
             results.append((item, result))
         now = self.runtime.clock.now()
         with self.runtime.store.transaction() as tx:

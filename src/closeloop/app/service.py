@@ -36,6 +36,9 @@ _SAME_RESPONSE = "this link is not valid; ask for a new one"
 CODE_LIFETIME = timedelta(minutes=10)
 CODE_SENDS = 3  # codes per case ...
 CODE_WINDOW = timedelta(minutes=15)  # ... in this long
+# A one-time code's message key: `{case_id}{CODE_MARK}{random}`. It is sent at once,
+# outside the outbox, so whoever counts messages (the demo) tells codes apart by it.
+CODE_MARK = ".code."
 _CODE_TEXT = {
     "en": {
         "subject": "{brand}: your one-time code",
@@ -203,7 +206,7 @@ class CustomerService:
         words = _CODE_TEXT.get(locale, _CODE_TEXT["en"])
         result = self.send(
             OutgoingMessage(
-                idempotency_key=f"{case_id}.code.{secrets.token_hex(8)}",
+                idempotency_key=f"{case_id}{CODE_MARK}{secrets.token_hex(8)}",
                 case_id=case_id,
                 channel=via,
                 address=address,

@@ -16,6 +16,7 @@ from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -154,12 +155,13 @@ def load_mapping(text: str, *, filename: str = "<connector>") -> RestMapping:
         RestMapping,
         filename=filename,
         expected="expected a mapping with connector, version, kind, base_url, operations",
+        what="the connector mapping",
     )
     return mapping
 
 
 def load_mapping_file(path: str | Path) -> RestMapping:
-    return load_mapping(read_source(path), filename=str(path))
+    return load_mapping(read_source(path, what="the connector mapping"), filename=str(path))
 
 
 def convert(value: Any, kind: Conversion) -> Any:
@@ -181,8 +183,6 @@ def convert(value: Any, kind: Conversion) -> Any:
 
 def render_path(template: str, data: dict[str, Any]) -> str:
     """`template` with each {field} replaced by its value (URL-quoted); KeyError if missing."""
-    from urllib.parse import quote
-
     return _PLACEHOLDER.sub(lambda m: quote(str(data[m.group(1)]), safe=""), template)
 
 

@@ -119,9 +119,9 @@ class RestConnector:
         wait = _retry_after(answer)
         if 200 <= status < 300:
             body = _json(answer)
-            reference = at_path(body, request.answer.reference) if request.answer else ""
             if body is None:
                 return WritebackResult(ok=False, retryable=True, error="malformed answer: not JSON")
+            reference = at_path(body, request.answer.reference) if request.answer else ""
             if not reference:
                 path = request.answer.reference if request.answer else ""
                 return WritebackResult(

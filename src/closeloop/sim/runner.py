@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from closeloop.app import App, TriggerIn
 from closeloop.app.links import token_from_url
+from closeloop.app.service import CODE_MARK
 from closeloop.channels.sink import sink_messages
 from closeloop.clock import SimClock
 from closeloop.engine import Status
@@ -330,7 +331,7 @@ def _codes_delivered(app: App) -> dict[str, int]:
     """One-time codes the customers' devices received, by channel (sent outside the outbox)."""
     stmt = (
         sa.select(sink_messages.c.channel, sa.func.count())
-        .where(sink_messages.c.idempotency_key.like("%.code.%"))
+        .where(sink_messages.c.idempotency_key.contains(CODE_MARK, autoescape=True))
         .group_by(sink_messages.c.channel)
     )
     with app.sink.engine.connect() as c:

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 import sqlalchemy as sa
 
+from closeloop.app.service import CODE_MARK
 from closeloop.channels.sink import sink_messages
 from closeloop.ids import rng_for
 from closeloop.sim.portfolio import customer
@@ -218,7 +219,9 @@ class Visitor:
         stmt = (
             sa.select(sink_messages.c.body)
             .where(sink_messages.c.case_id == case_id)
-            .where(sink_messages.c.idempotency_key.like(f"{case_id}.code.%"))
+            .where(
+                sink_messages.c.idempotency_key.startswith(f"{case_id}{CODE_MARK}", autoescape=True)
+            )
             .order_by(sink_messages.c.seq.desc())
             .limit(1)
         )

@@ -99,13 +99,13 @@ def _dotted(path: Path_) -> str:
     return out
 
 
-def read_source(path: str | Path) -> str:
+def read_source(path: str | Path, *, what: str = "the resolution spec") -> str:
     """The text of an input file; SpecError saying why it cannot be read."""
     try:
         return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         problem = Problem(file=str(path), line=1, column=1, path="", message=exc.strerror or "")
-        raise SpecError([problem]) from exc
+        raise SpecError([problem], what=what) from exc
 
 
 def load_spec_file(path: str | Path) -> CompiledSpec:
@@ -127,7 +127,9 @@ def load_spec(text: str, *, filename: str = "<spec>") -> CompiledSpec:
 Where = Callable[..., Problem]  # (path, message, value=True) -> a Problem at that path
 
 
-def parse_yaml_model(text: str, model: type[M], *, filename: str, expected: str) -> tuple[M, Where]:
+def parse_yaml_model(
+    text: str, model: type[M], *, filename: str, expected: str, what: str = "the resolution spec"
+) -> tuple[M, Where]:
     """Parse YAML text into `model`: every syntax and shape problem at its line, or
     the model and a function that places further problems at their paths."""
     yaml = YAML(typ="rt")
@@ -138,10 +140,13 @@ def parse_yaml_model(text: str, model: type[M], *, filename: str, expected: str)
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         message = f"YAML syntax: {exc.problem or exc.context}"
         raise SpecError(
-            [Problem(file=filename, line=line, column=column, path="", message=message)]
+            [Problem(file=filename, line=line, column=column, path="", message=message)],
+            what=what,
         ) from exc
     if not isinstance(document, CommentedMap):
-        raise SpecError([Problem(file=filename, line=1, column=1, path="", message=expected)])
+        raise SpecError(
+            [Problem(file=filename, line=1, column=1, path="", message=expected)], what=what
+        )
     positions = _Positions(document)
 
     def problem(path: Path_, message: str, *, value: bool = True) -> Problem:
@@ -172,7 +177,7 @@ def parse_yaml_model(text: str, model: type[M], *, filename: str, expected: str)
             elif error["type"] == "value_error":
                 message = message.removeprefix("Value error, ")
             problems.append(problem(loc, message, value=error["type"] != "extra_forbidden"))
-        raise SpecError(sorted(problems, key=lambda p: (p.line, p.column))) from exc
+        raise SpecError(sorted(problems, key=lambda p: (p.line, p.column)), what=what) from exc
 
 
 def _check_meaning(spec: Spec, text: str, problem: Any) -> CompiledSpec:
