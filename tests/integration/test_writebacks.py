@@ -91,15 +91,36 @@ def test_an_outage_opens_the_breaker_and_nothing_is_lost_or_doubled(
     case_id = paid(app, "A1", "t1")
     faults(url, down=True)
     app.dispatcher.run_writebacks()
-    # Two failures open the breaker; the third writeback is held, not attempted.
-    assert sorted(attempts(app)) == [0, 1, 1]
+    # The first failure is an attempt; the second opens the breaker and waits for the
+    # core, like the third, held back: neither uses up an attempt.
+    assert sorted(attempts(app)) == [0, 0, 1]
     with app.store.read() as tx:
         assert tx.connector_events() == {"breaker_opened": 1}
-    clock.advance(timedelta(hours=2))  # the retries are due; the probe fails: open again
+    clock.advance(timedelta(hours=2))  # due again; the probe fails: open again, longer
     app.dispatcher.run_writebacks()
-    assert app.dispatcher.breaker.openings == 2 and sum(attempts(app)) == 3
+    assert app.dispatcher.breaker.openings == 1 and sum(attempts(app)) == 1
     faults(url)  # the core is back
     for _ in range(6):
+        clock.advance(timedelta(hours=1))
+        app.dispatcher.run_writebacks()
+    assert app.runtime.case(case_id).status is Status.RESOLVED
+    assert core.ledger() == {"effects": 3, "duplicate_keys": 0, "duplicate_outcomes": 0}
+
+
+def test_an_outage_longer_than_the_attempts_allow_loses_nothing(
+    world: tuple[App, ReferenceCore, str], clock: SimClock
+) -> None:
+    """Probing a down core uses up no attempts: the writeback lands when the core is back."""
+    app, core, url = world
+    case_id = paid(app, "A1", "t1")
+    faults(url, down=True)
+    for _ in range(12):  # twice the attempts a writeback has, each hour a probe that fails
+        app.dispatcher.run_writebacks()
+        clock.advance(timedelta(hours=1))
+    assert app.runtime.case(case_id).status is Status.WRITING_BACK
+    assert max(attempts(app)) < app.dispatcher.retry.max_attempts
+    faults(url)
+    for _ in range(4):
         clock.advance(timedelta(hours=1))
         app.dispatcher.run_writebacks()
     assert app.runtime.case(case_id).status is Status.RESOLVED
@@ -128,6 +149,6 @@ def test_writebacks_held_past_their_deadline_go_to_an_agent(
             )
         ).all()
     assert {status for status, _, _ in rows} == {"failed"}
-    assert all("circuit open" in str(result) for _, _, result in rows)
+    assert all("the system of record is unavailable" in str(result) for _, _, result in rows)
     assert max(n for _, n, _ in rows) < 6  # held, not retried to exhaustion
     assert core.ledger()["effects"] == 0

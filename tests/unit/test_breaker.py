@@ -21,7 +21,8 @@ def test_the_breaker_opens_after_consecutive_failures_and_probes_once() -> None:
     later = NOW + timedelta(seconds=30)
     assert breaker.allows(later) and breaker.state == "half_open"
     assert not breaker.allows(later)  # one probe at a time
-    assert breaker.record(False, later) and breaker.openings == 2  # open again, twice as long
+    # A failed probe opens it again, twice as long: the same opening, not a new one.
+    assert not breaker.record(False, later) and breaker.state == "open" and breaker.openings == 1
     assert not breaker.allows(later + timedelta(seconds=59))
     again = later + timedelta(seconds=60)
     assert breaker.allows(again)

@@ -8,7 +8,10 @@ consecutive failures a retry could fix (timeouts, dropped connections, 429,
 5xx: the core's health, not the caller's mistakes) it opens: no writeback is
 sent for `open_for`, and waiting ones are held back, not failed. Then it is
 half-open: exactly one writeback goes as a probe; success closes it, failure
-opens it again for twice as long (up to `longest`).
+opens it again for twice as long (up to `longest`). A writeback whose
+failure leaves the breaker open (the probe, or the one that tripped it)
+waits for the core: such a failure does not use up its attempts, only its
+deadline.
 
 The **retry budget** lets retries be at most `ratio` of the first attempts
 sent in the last minute, plus `floor` a minute, so a flapping core is not
@@ -32,7 +35,7 @@ class CircuitBreaker:
     open_for: timedelta = timedelta(seconds=30)
     longest: timedelta = timedelta(minutes=10)
     state: State = "closed"
-    openings: int = 0  # how many times it opened
+    openings: int = 0  # how many times it opened from closed
     _failed: int = 0
     _wait: timedelta = field(default=timedelta(0))
     _until: datetime | None = None
@@ -59,24 +62,26 @@ class CircuitBreaker:
     def record(self, healthy: bool, now: datetime) -> bool:
         """Record a writeback's result (`healthy`: not a failure a retry could fix).
 
-        Returns True when this result opened the breaker.
+        Returns True when this result opened a closed breaker (a failed probe
+        opens it again, for longer, but that is the same opening).
         """
         if healthy:
             self.state, self._failed, self._wait, self._probing = "closed", 0, timedelta(0), False
             return False
         if self.state == "half_open":
             self._wait = min(self.longest, self._wait * 2 or self.open_for)
-            return self._open(now)
+            self._open(now)
+            return False
         self._failed += 1
         if self.state == "closed" and self._failed >= self.failures:
             self._wait = self.open_for
-            return self._open(now)
+            self._open(now)
+            self.openings += 1
+            return True
         return False
 
-    def _open(self, now: datetime) -> bool:
+    def _open(self, now: datetime) -> None:
         self.state, self._until, self._probing = "open", now + self._wait, False
-        self.openings += 1
-        return True
 
 
 @dataclass

@@ -461,7 +461,8 @@ class Dispatcher:
             claimed = self._lease(tx, "writeback", limit)
         if not claimed:
             return 0
-        results: list[tuple[OutboxItem, WritebackResult]] = []
+        # (item, result, whether the breaker was open once the result was counted)
+        results: list[tuple[OutboxItem, WritebackResult, bool]] = []
         held: list[tuple[OutboxItem, datetime, str]] = []  # (item, until, why): not an attempt
         opened: list[tuple[datetime, str]] = []
         for item in claimed:
@@ -486,21 +487,22 @@ class Dispatcher:
             answered = self.runtime.clock.now()
             if self.breaker.record(result.ok or not result.retryable, answered):
                 opened.append((answered, result.error))
-            results.append((item, result))
+            results.append((item, result, self.breaker.state != "closed"))
         now = self.runtime.clock.now()
         with self.runtime.store.transaction() as tx:
             for at, why in opened:
                 tx.log_connector(self.connector_name, "breaker_opened", at, why)
                 log.warning("breaker_opened", connector=self.connector_name, reason=why)
-            back = _FeedBack(self.runtime, tx, [i for i, _ in results] + [h[0] for h in held], now)
-            for item, until, why in held:
-                created = item.created_at or now
-                if now - created < self.writeback_deadline:
-                    back.deferrals.append((item.id, until, {"held": why}))
-                    continue
+            items = [i for i, _, _ in results] + [h[0] for h in held]
+            back = _FeedBack(self.runtime, tx, items, now)
+
+            def overdue(item: OutboxItem, why: str) -> bool:
+                """Past the deadline: the writeback fails and its case goes to an agent."""
+                if now - (item.created_at or now) < self.writeback_deadline:
+                    return False
                 reason = (
                     f"not written back within {format_duration(self.writeback_deadline)}: "
-                    f"the system of record is unavailable ({why.replace('_', ' ')})"
+                    f"the system of record is unavailable ({why})"
                 )
                 back.finished.append((item.id, "failed", {"error": reason}))
                 back.apply(
@@ -509,11 +511,26 @@ class Dispatcher:
                         operation_key=item.idempotency_key, reason=reason, key=f"outbox:{item.id}"
                     ),
                 )
-            for item, result in results:
+                return True
+
+            for item, until, why in held:
+                if not overdue(item, why.replace("_", " ")):
+                    back.deferrals.append((item.id, until, {"held": why}))
+            for item, result, core_down in results:
+                if not result.ok and result.retryable and core_down:
+                    # The core's failure, not the writeback's (the probe, or the one that
+                    # opened the breaker): it waits for the core, up to its deadline,
+                    # without using up its attempts.
+                    if not overdue(item, f"last answer: {result.error}"):
+                        until = self.breaker.reopens_at(now)
+                        back.deferrals.append(
+                            (item.id, until, {"held": "circuit_open", "error": result.error})
+                        )
+                    continue
                 if (
                     not result.ok
                     and result.retryable
-                    and (item.attempts + 1 < self.retry.max_attempts)
+                    and item.attempts + 1 < self.retry.max_attempts
                 ):
                     backoff = self.retry.delay(item.idempotency_key, item.attempts)
                     asked = timedelta(seconds=result.retry_after or 0)  # the core's Retry-After
