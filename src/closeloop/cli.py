@@ -200,12 +200,16 @@ def ingest(
     app = build(_settings())
     try:
         bad: list[str] = []
-        good: list[TriggerIn] = []
+        unread: list[str] = []  # rows whose account the system of record could not give now
+        good: list[tuple[int, TriggerIn]] = []
         counts = {"created": 0, "duplicate": 0, "closing_events": 0, "cases_closed": 0}
 
         def flush() -> None:
-            for result in app.runtime.intake(good):
-                if result.created:
+            results = app.runtime.intake([item for _, item in good])
+            for (line, _), result in zip(good, results, strict=True):
+                if result.status == "unavailable":
+                    unread.append(f"{file}:{line}: not taken: {result.reason}")
+                elif result.created:
                     counts["created"] += 1
                 elif result.case_id is None:
                     counts["closing_events"] += 1
@@ -224,7 +228,7 @@ def ingest(
             except TriggerError as exc:
                 bad.append(f"{file}:{line}: {exc}")
                 continue
-            good.append(item)
+            good.append((line, item))
             if len(good) >= 500:
                 flush()
         flush()
@@ -232,17 +236,35 @@ def ingest(
     finally:
         app.close()
     if as_json:
-        print(json.dumps({**counts, "rejected": len(bad), "errors": bad}))
+        print(
+            json.dumps(
+                {
+                    **counts,
+                    "rejected": len(bad),
+                    "errors": bad,
+                    "unavailable": len(unread),
+                    "not_taken": unread,
+                }
+            )
+        )
     else:
-        for message in bad:
+        for message in bad + unread:
             err.print(message, markup=False, highlight=False)
         out.print(
             f"created {counts['created']} case(s), {counts['duplicate']} already known, "
             f"{counts['closing_events']} closing event(s) closed {counts['cases_closed']} "
             f"case(s), {len(bad)} row(s) rejected"
+            + (
+                f", {len(unread)} row(s) not taken (the system of record could not be "
+                "read: run the same file again; trigger ids keep it idempotent)"
+                if unread
+                else ""
+            )
         )
     if bad:
         raise typer.Exit(2)
+    if unread:
+        raise typer.Exit(1)
 
 
 # -- running ----------------------------------------------------------------
@@ -627,16 +649,7 @@ def demo(
         raise InputError(f"--providers must be sink or sandbox, not {providers!r}")
 
     if not resume:
-        for name in (
-            "closeloop.db",
-            "closeloop.db-wal",
-            "closeloop.db-shm",
-            "world.db",
-            "world.db-wal",
-            "world.db-shm",
-            "report.json",
-        ):
-            (out_dir / name).unlink(missing_ok=True)
+        _fresh(out_dir)
     stack = ExitStack()
     # The card provider always runs: simulated customers type cards into its form.
     kinds = ("smtp", "twilio", "cards") if providers == "sandbox" else ("cards",)
@@ -693,6 +706,137 @@ def demo(
     if example:
         print("one resolved case, with its whole history:")
         print(f"  CLOSELOOP_DATA_DIR={out_dir} closeloop case show {example}")  # one line to copy
+
+
+def _fresh(out_dir: Path) -> None:
+    """Remove an earlier run's databases and report from a simulation's folder."""
+    for name in ("closeloop.db", "world.db", "report.json"):
+        for suffix in ("", "-wal", "-shm") if name.endswith(".db") else ("",):
+            (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+# -- drill ----------------------------------------------------------------------
+@cli.command()
+def drill(
+    scenario: Annotated[
+        str,
+        typer.Option(
+            help="outage, partial-timeout, malformed, latency, flapping or all (docs/drills.md)"
+        ),
+    ],
+    accounts: Annotated[int, typer.Option(min=10, max=1_000_000)] = 1000,
+    days: Annotated[int, typer.Option(min=5, max=365)] = 14,
+    seed: Annotated[int, typer.Option()] = 7,
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for databases and report")] = Path(
+        "closeloop-drill"
+    ),
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Run the demo's workflow against the reference core with faults; check nothing is lost."""
+    from contextlib import ExitStack
+
+    from closeloop.sim import Params, Simulation, summarize
+    from closeloop.sim.devices import DEMO_URL, sandboxes
+    from closeloop.sim.drill import SCENARIOS, FaultSchedule, check, core_connector, load_core
+    from closeloop.sim.runner import START
+    from closeloop.sim.visits import Visitor
+    from closeloop.store.database import create_engine
+    from closeloop.web import create_api
+
+    chosen = SCENARIOS.get(scenario)
+    if chosen is None:
+        raise InputError(f"--scenario must be one of {', '.join(SCENARIOS)}, not {scenario!r}")
+    _fresh(out_dir)
+    stack = ExitStack()
+    folder = out_dir / "sandboxes"
+    running = stack.enter_context(sandboxes(folder, fresh=True, kinds=("cards", "core")))
+    assert running.core is not None
+    core = running.core
+    extra = {**running.settings, "public_url": DEMO_URL, "link_failure_floor_seconds": 0.0}
+    if "CLOSELOOP_CONSENT_NOTICE_VERSION" not in os.environ:
+        extra["consent_notice_version"] = "demo-notices-2026-03"
+    settings = _settings(data_dir=out_dir, workflows=[EXAMPLE], **extra)
+    if settings.database_url:
+        _reset_database(settings.database_url)
+    params = Params(accounts=accounts, days=days, seed=seed)
+    clock = SimClock(START)
+    schedule = FaultSchedule(chosen, core, seed)
+    stack.callback(schedule.close)
+    core_db = create_engine(f"sqlite:///{folder / 'core.db'}")
+    stack.callback(core_db.dispose)
+    try:
+        load_core(core, seed, accounts)
+        connector = core_connector(core)
+        app = build(settings, clock=clock, seed=seed, connector=("reference_core", connector))
+        stack.callback(app.close)
+        settle_heap()
+        visitor = Visitor(create_api(app), DEMO_URL, app.sink.engine)
+        stack.callback(visitor.close)
+        sim = Simulation(app, clock, params, visitor, schedule)
+        sim.prepare(resume=False)
+        with Progress(
+            TextColumn(
+                f"drill {scenario}: simulated day {{task.completed:.1f}}/{{task.total:.0f}}"
+            ),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            disable=as_json or not err.is_terminal,
+        ) as bar:
+            task = bar.add_task("drill", total=days)
+            sim.run(lambda done, total: bar.update(task, completed=done))
+        outcome = summarize(app, params, settings.resolved_database_url())
+        report = {
+            "scenario": scenario,
+            "faults": chosen.summary,
+            "accounts": accounts,
+            "days": days,
+            "seed": seed,
+            **check(app, chosen, core_db),
+            "completion_rate": outcome["completion_rate"],
+            "terminal_states": outcome["terminal_states"],
+            "database": outcome["database"],
+        }
+    finally:
+        stack.close()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if as_json:
+        print(json.dumps(report))
+    else:
+        _print_drill(report, out_dir)
+    if not report["invariants_hold"]:
+        raise typer.Exit(1)
+
+
+def _print_drill(r: dict[str, Any], out_dir: Path) -> None:
+    table = Table(title=f"closeloop drill {r['scenario']}: {r['faults']}")
+    table.add_column("invariant")
+    table.add_column("value", justify="right")
+    table.add_column("", justify="center")
+    for name in ("outcomes_lost", "duplicate_effects", "stuck_cases"):
+        table.add_row(name, str(r[name]), "pass" if r[name] == 0 else "FAIL")
+    out.print(table)
+    measures = Table(title=f"{r['accounts']} accounts, {r['days']} days, seed {r['seed']}")
+    measures.add_column("measure")
+    measures.add_column("value", justify="right")
+    wb = r["writebacks"]
+    for name, value in (
+        ("cases", str(r["cases"])),
+        ("outcomes accepted from customers", str(r["outcomes_accepted"])),
+        ("writebacks done / failed / pending", f"{wb['done']} / {wb['failed']} / {wb['pending']}"),
+        ("effects in the core's ledger", str(r["core_effects"])),
+        ("writeback success", f"{r['writeback_success_rate']:.2%}"),
+        ("writeback retries", str(r["writeback_retries"])),
+        ("breaker openings", str(r["breaker_openings"])),
+        ("exceptions opened", str(r["exceptions_opened"])),
+        ("recovery after the core's return", f"{r['max_recovery_seconds']:.0f} s (simulated)"),
+        ("completion rate", f"{r['completion_rate']:.1%}"),
+    ):
+        measures.add_row(name, value)
+    out.print(measures)
+    verdict = "invariants hold" if r["invariants_hold"] else "INVARIANTS BROKEN"
+    out.print(f"{verdict}; report: {out_dir / 'report.json'}")
 
 
 def _reset_database(url: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from closeloop.channels import OutgoingMessage, SendResult
 from closeloop.connectors import Account, WritebackResult
 from closeloop.engine import Case, Contact, Status
+from closeloop.errors import OperationalError
 from closeloop.ids import case_id, short_digest
 from closeloop.spec import CompiledSpec
 from closeloop.spec.trigger import parse_trigger_data
@@ -26,8 +27,11 @@ class InMemoryConnector:
     effects: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     calls: int = 0
     fail_next: int = 0
+    unreadable: set[str] = field(default_factory=set)  # accounts the core cannot give now
 
     def read_account(self, account_id: str) -> Account | None:
+        if account_id in self.unreadable:
+            raise OperationalError(f"the system of record did not answer for {account_id}")
         return self.accounts.get(account_id)
 
     def execute(

@@ -81,3 +81,39 @@ def test_connector_validate_points_at_each_problem(tmp_path: Path) -> None:
     refused = run("connector", "validate", str(bad), cwd=tmp_path)
     assert refused.returncode == 2
     assert f"{bad}:6:7: kind: expected one of 'rest'" in refused.stderr
+
+
+def test_ingest_keeps_rows_whose_account_the_core_cannot_give_for_later(tmp_path: Path) -> None:
+    """With the core down, no row is taken on a guess; the same file later takes them all."""
+    from closeloop.connectors.reference_core import Faults, ReferenceCore
+    from closeloop.store.database import create_engine
+    from tests.conftest import ROOT
+    from tests.integration.test_runtime import ACCOUNT
+    from tests.servers import Served, free_port
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'core.db'}")
+    core = ReferenceCore(engine, api_key="k", admin_key="a", faults=Faults(down=True))
+    core.add_accounts([ACCOUNT])
+    served = Served(core.app, free_port())
+    mapping = tmp_path / "core.yaml"
+    example = (ROOT / "examples" / "connectors" / "reference_core.yaml").read_text()
+    mapping.write_text(example.replace("http://127.0.0.1:8092", served.url))
+    env = {"CLOSELOOP_CONNECTOR": str(mapping), "CLOSELOOP_CORE_API_KEY": "k"}
+    batch = tmp_path / "failed.csv"
+    batch.write_text(
+        "id,type,account_id,amount_due,decline_code,due_date\n"
+        "e1,payment.failed,A1,120.50,51,2026-03-01\n"
+    )
+    try:
+        down = run("ingest", str(batch), "--json", cwd=tmp_path, env=env)
+        assert down.returncode == 1, down.stderr
+        report = json.loads(down.stdout)
+        assert report["created"] == 0 and report["unavailable"] == 1
+        assert report["not_taken"][0].startswith(f"{batch}:2: not taken: ")
+        core.faults = Faults()
+        back = run("ingest", str(batch), "--json", cwd=tmp_path, env=env)
+        assert back.returncode == 0, back.stderr
+        assert json.loads(back.stdout)["created"] == 1
+    finally:
+        served.stop()
+        engine.dispose()

@@ -7,7 +7,7 @@ import pytest
 
 from closeloop.errors import SpecError
 from closeloop.spec import explain, load_spec, load_spec_file
-from tests.conftest import EXAMPLE, KYC
+from tests.conftest import EXAMPLE, KYC, ROOT
 
 
 def problems_of(text: str) -> list[str]:
@@ -180,3 +180,13 @@ def test_an_attestation_needs_its_statement_and_only_it_has_one() -> None:
     assert any("only an attestation has a statement" in p for p in problems_of(stray))
     summary = explain(load_spec(kyc, filename="kyc.yaml").spec)
     assert 'statement kyc-declaration-2026-01 (es): "Confirmo' in summary
+
+
+def test_the_packaged_examples_are_the_repositorys() -> None:
+    """The installed package carries the example workflow and mapping the docs show."""
+    packaged = ROOT / "src" / "closeloop" / "examples"
+    files = sorted(p.relative_to(packaged) for p in packaged.rglob("*.yaml"))
+    assert Path("failed_payment.yaml") in files
+    assert Path("connectors/reference_core.yaml") in files
+    for name in files:
+        assert (packaged / name).read_text() == (ROOT / "examples" / name).read_text(), name

@@ -128,8 +128,13 @@ def build(
     seed: int = 0,
     error_rate: float = 0.0,
     timeout_rate: float = 0.0,
+    connector: tuple[str, Connector] | None = None,
 ) -> App:
-    """Wire the store, runtime, dispatchers and local providers from settings."""
+    """Wire the store, runtime, dispatchers and local providers from settings.
+
+    `connector` (a name and the connector) takes the place of the one
+    settings name: a drill hands in its reference core's.
+    """
     clock = clock or SystemClock()
     store = Store.connect(settings.resolved_database_url())
     if upgrade:
@@ -143,16 +148,18 @@ def build(
         error_rate=error_rate,
         timeout_after_commit_rate=timeout_rate,
     )
-    connector: Connector = ledger
+    core: Connector = ledger
     connector_name = "ledger"
-    if settings.connector is not None:  # the system of record, through its mapping
+    if connector is not None:
+        connector_name, core = connector
+    elif settings.connector is not None:  # the system of record, through its mapping
         mapping = load_mapping_file(settings.connector)
-        connector, connector_name = RestConnector(mapping), mapping.connector
+        core, connector_name = RestConnector(mapping), mapping.connector
     workflows = Workflows(load_spec_file(path) for path in settings.workflows)
     runtime = Runtime(
         store=store,
         workflows=workflows,
-        connector=connector,
+        connector=core,
         clock=clock,
         cohort_percent=settings.cohort_percent,
     )
@@ -202,7 +209,7 @@ def build(
     dispatcher = Dispatcher(
         runtime,
         channels=channels,
-        connector=connector,
+        connector=core,
         connector_name=connector_name,
         retry=retry,
         public_url=settings.public_url,
@@ -247,7 +254,7 @@ def build(
         service=service,
         sink=sink,
         ledger=ledger,
-        connector=connector,
+        connector=core,
         channels=channels,
         inbound=inbound,
         telemetry=telemetry,

@@ -13,7 +13,7 @@ from typing import Any
 
 from closeloop import rollout
 from closeloop.clock import Clock
-from closeloop.connectors import Connector
+from closeloop.connectors import Account, Connector
 from closeloop.engine import (
     EXPIRE,
     BackendEvent,
@@ -26,7 +26,7 @@ from closeloop.engine import (
     TimerFired,
     step,
 )
-from closeloop.errors import NotFound, TriggerError
+from closeloop.errors import NotFound, OperationalError, TriggerError
 from closeloop.ids import case_id
 from closeloop.spec import CompiledSpec, load_spec
 from closeloop.spec.trigger import parse_trigger_data
@@ -49,6 +49,7 @@ class IntakeResult:
     status: str
     created: bool
     closed: int = 0
+    reason: str = ""  # why nothing was opened, for an `unavailable` trigger
 
 
 class Workflows:
@@ -150,8 +151,25 @@ class Runtime:
         """Open (or find) the case of each trigger; close cases on closing events.
 
         Raises TriggerError for the first invalid trigger before writing anything.
+        Accounts are read from the system of record before the write
+        transaction (no network call holds the database's write lock); a
+        trigger whose account cannot be read now (the core is down or answers
+        garbage) opens nothing and is answered ``unavailable``: its sender
+        sends it again, and the trigger id keeps that idempotent.
         """
         plans = [(t, *self._plan(t)) for t in triggers]
+        with self.store.read() as tx:
+            seen = tx.cases_by_triggers([t.id for t, c, _ in plans if c is not None])
+        accounts: dict[str, Account | OperationalError | None] = {}
+        for trigger, compiled, data in plans:
+            if compiled is None or trigger.id in seen:
+                continue
+            account_id = str(data[compiled.spec.trigger.key])
+            if account_id not in accounts:
+                try:
+                    accounts[account_id] = self.connector.read_account(account_id)
+                except OperationalError as exc:
+                    accounts[account_id] = exc
         results: list[IntakeResult] = []
         with self.store.transaction() as tx:
             batch: list[Applied] = []
@@ -171,7 +189,19 @@ class Runtime:
                         )
                     )
                     continue
-                decision = self._open(compiled, trigger, data)
+                account = accounts.get(str(data[compiled.spec.trigger.key]))
+                if isinstance(account, OperationalError):
+                    results.append(
+                        IntakeResult(
+                            trigger_id=trigger.id,
+                            case_id=None,
+                            status="unavailable",
+                            created=False,
+                            reason=str(account),
+                        )
+                    )
+                    continue
+                decision = self._open(compiled, trigger, data, account)
                 pending[trigger.id] = decision.case.id
                 batch.append(
                     Applied(decision=decision, dedupe_key=f"trigger:{trigger.id}", new=True)
@@ -187,10 +217,15 @@ class Runtime:
             tx.commit_decisions(batch, self.clock.now())
         return results
 
-    def _open(self, compiled: CompiledSpec, trigger: TriggerIn, data: dict[str, Any]) -> Decision:
+    def _open(
+        self,
+        compiled: CompiledSpec,
+        trigger: TriggerIn,
+        data: dict[str, Any],
+        account: Account | None,
+    ) -> Decision:
         spec, now = compiled.spec, self.clock.now()
         account_id = str(data[spec.trigger.key])
-        account = self.connector.read_account(account_id)
         facts: dict[str, Any] = dict(account.facts) if account else {}
         facts.setdefault("flags", [])
         if account is None:

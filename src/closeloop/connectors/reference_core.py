@@ -15,8 +15,9 @@ processed answers ``409``. Keys are kept 24 hours.
 Faults are set per run through ``PUT /_admin/faults`` (or the constructor):
 added latency, error rates by status code (before any effect), timeouts
 *after* committing (the effect is made, the answer withheld), outages (a
-switch and time windows), malformed or truncated response bodies, and schema
-drift (fields renamed, amounts in cents). Which request meets which fault is
+switch and time windows; or writes only, as when a core's posting window is
+closed), malformed or truncated response bodies, and schema drift (fields
+renamed, amounts in cents). Which request meets which fault is
 drawn from a seed, the request and its attempt number, so a run repeats.
 
 - ``GET /v1/accounts/{id}``; ``GET /v1/accounts/{id}/effects?reference=R``
@@ -100,6 +101,8 @@ class Faults(BaseModel):
     timeout_after_commit: float = Field(default=0.0, ge=0, le=1)
     hang_seconds: float = Field(default=30.0, ge=0, le=600)
     down: bool = False
+    # Reads answer, writes get 503: the core's posting API is closed (a batch window).
+    writes_down: bool = False
     outages: list[Window] = Field(default_factory=list)
     malformed: float = Field(default=0.0, ge=0, le=1)
     truncated: float = Field(default=0.0, ge=0, le=1)
@@ -171,26 +174,7 @@ class ReferenceCore:
 
     def ledger(self) -> dict[str, int]:
         """Effects, and effects applied more than once for one key or one case outcome."""
-        by_key = (
-            sa.select(core_effects.c.idempotency_key)
-            .group_by(core_effects.c.idempotency_key)
-            .having(sa.func.count() > 1)
-            .subquery()
-        )
-        by_case = (
-            sa.select(core_effects.c.case_id, core_effects.c.operation, core_effects.c.reference)
-            .where(core_effects.c.case_id != "")
-            .group_by(core_effects.c.case_id, core_effects.c.operation, core_effects.c.reference)
-            .having(sa.func.count() > 1)
-            .subquery()
-        )
-        count = sa.select(sa.func.count())
-        with self.engine.connect() as c:
-            return {
-                "effects": int(c.execute(count.select_from(core_effects)).scalar_one()),
-                "duplicate_keys": int(c.execute(count.select_from(by_key)).scalar_one()),
-                "duplicate_outcomes": int(c.execute(count.select_from(by_case)).scalar_one()),
-            }
+        return ledger_counts(self.engine)
 
     # -- keys -----------------------------------------------------------------------
     def _claim(self, key: str, fingerprint: str) -> JSONResponse | tuple[int, Any] | None:
@@ -343,6 +327,8 @@ class ReferenceCore:
             refused = self._before(rng)
             if refused is not None:
                 return refused
+            if self.faults.writes_down:
+                return _error(503, "the core takes no writes now", {"Retry-After": "60"})
             raw = await request.body()
             try:
                 body = json.loads(raw or b"{}")
@@ -470,6 +456,40 @@ class ReferenceCore:
             return self.ledger()
 
         return app
+
+
+# -- the ledger, read from the core's database ------------------------------------------
+def ledger_counts(engine: sa.Engine) -> dict[str, int]:
+    """Effects, and effects applied more than once for one key or one case outcome."""
+    by_key = (
+        sa.select(core_effects.c.idempotency_key)
+        .group_by(core_effects.c.idempotency_key)
+        .having(sa.func.count() > 1)
+        .subquery()
+    )
+    by_case = (
+        sa.select(core_effects.c.case_id, core_effects.c.operation, core_effects.c.reference)
+        .where(core_effects.c.case_id != "")
+        .group_by(core_effects.c.case_id, core_effects.c.operation, core_effects.c.reference)
+        .having(sa.func.count() > 1)
+        .subquery()
+    )
+    count = sa.select(sa.func.count())
+    with engine.connect() as c:
+        return {
+            "effects": int(c.execute(count.select_from(core_effects)).scalar_one()),
+            "duplicate_keys": int(c.execute(count.select_from(by_key)).scalar_one()),
+            "duplicate_outcomes": int(c.execute(count.select_from(by_case)).scalar_one()),
+        }
+
+
+def effect_keys(engine: sa.Engine) -> dict[str, int]:
+    """How many effects the core holds under each idempotency key."""
+    stmt = sa.select(core_effects.c.idempotency_key, sa.func.count()).group_by(
+        core_effects.c.idempotency_key
+    )
+    with engine.connect() as c:
+        return {key: int(n) for key, n in c.execute(stmt)}
 
 
 # -- effects on an account record ------------------------------------------------------

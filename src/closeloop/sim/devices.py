@@ -27,6 +27,7 @@ from closeloop.channels import Channel, OutgoingMessage, SendResult, SinkChannel
 from closeloop.channels.smtp import SmtpSink, free_port, smtp_received
 from closeloop.channels.twilio_sandbox import TwilioSandbox, twilio_messages
 from closeloop.connectors.card_sandbox import CardSandbox
+from closeloop.connectors.reference_core import ReferenceCore
 from closeloop.errors import OperationalError
 from closeloop.store.database import create_engine
 
@@ -66,6 +67,15 @@ class Device:
             close()
 
 
+@dataclass(frozen=True, kw_only=True)
+class CoreAccess:
+    """Where the reference core listens, and this run's keys to it."""
+
+    url: str
+    api_key: str
+    admin_key: str
+
+
 @dataclass
 class Sandboxes:
     """Where the running sandboxes listen, as settings for the app."""
@@ -73,6 +83,7 @@ class Sandboxes:
     settings: dict[str, Any]
     folder: Path
     received: dict[str, int] = field(default_factory=dict)  # filled in when they stop
+    core: CoreAccess | None = None  # the reference core, when one runs
 
     def count(self) -> dict[str, int]:
         """Messages each sandbox accepted (read from their databases once they stopped)."""
@@ -103,7 +114,7 @@ def sandboxes(
     kinds: tuple[str, ...] = ("smtp", "twilio", "cards"),
     public_url: str = DEMO_URL,
 ) -> Iterator[Sandboxes]:
-    """Run the SMTP, Twilio and card sandboxes on free loopback ports for one demo.
+    """Run the SMTP, Twilio and card sandboxes (and the reference core) on free loopback ports.
 
     Each runs in a process of its own, so the providers' work happens on the
     other core while the simulation and the dispatcher run here, and nothing
@@ -119,10 +130,19 @@ def sandboxes(
     stop = context.Event()
     ports = {kind: free_port() for kind in kinds}
     card_key = secrets.token_urlsafe(24)  # this run's only: nothing to keep
+    core = CoreAccess(
+        url=f"http://127.0.0.1:{ports.get('core', 0)}",
+        api_key=secrets.token_urlsafe(24),
+        admin_key=secrets.token_urlsafe(24),
+    )
     processes = []
     for kind, port in ports.items():
         ready = context.Event()
-        options = {"api_key": card_key, "allowed": public_url} if kind == "cards" else {}
+        options: dict[str, str] = {}
+        if kind == "cards":
+            options = {"api_key": card_key, "allowed": public_url}
+        elif kind == "core":
+            options = {"api_key": core.api_key, "admin_key": core.admin_key}
         process = context.Process(
             target=_serve, args=(kind, str(folder), port, ready, stop, options), daemon=True
         )
@@ -149,7 +169,7 @@ def sandboxes(
             "card_fields_url": f"http://127.0.0.1:{ports['cards']}",
             "card_api_key": card_key,
         }
-    running = Sandboxes(settings=settings, folder=folder)
+    running = Sandboxes(settings=settings, folder=folder, core=core if "core" in ports else None)
     try:
         for kind, process, ready in processes:
             while not ready.wait(0.1):
@@ -189,6 +209,10 @@ def _serve(kind: str, folder: str, port: int, ready: Any, stop: Any, options: An
         if kind == "cards":
             web = CardSandbox(
                 engine, allowed_origins=[options["allowed"]], api_key=options["api_key"]
+            ).app
+        elif kind == "core":
+            web = ReferenceCore(
+                engine, api_key=options["api_key"], admin_key=options["admin_key"]
             ).app
         else:
             twilio = TwilioSandbox(

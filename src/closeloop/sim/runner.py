@@ -14,7 +14,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
@@ -78,12 +78,32 @@ class Params:
 Progress = Callable[[float, float], None]
 
 
+class Schedule(Protocol):
+    """Changes to the world at set simulated times (a drill's faults in the core)."""
+
+    def apply(self, now: datetime) -> None:
+        """Bring the world to what it is at `now`."""
+        ...
+
+    def next_change(self, now: datetime) -> datetime | None:
+        """When the world changes next after `now`, if it does."""
+        ...
+
+
 class Simulation:
-    def __init__(self, app: App, clock: SimClock, params: Params, visitor: Visitor) -> None:
+    def __init__(
+        self,
+        app: App,
+        clock: SimClock,
+        params: Params,
+        visitor: Visitor,
+        schedule: Schedule | None = None,
+    ) -> None:
         self.app = app
         self.clock = clock
         self.params = params
         self.visitor = visitor  # the customers' browser on the mini-app
+        self.schedule = schedule
         self.world = app.sink.engine
         self._looked_at: int | None = None  # the sink's delivery count when last read in full
         metadata.create_all(self.world)
@@ -135,6 +155,8 @@ class Simulation:
         end = START + timedelta(days=self.params.days)
         while True:
             now = self.app.clock.now()
+            if self.schedule is not None:
+                self.schedule.apply(now)
             busy = True
             while busy:
                 busy = bool(self._run_actions(now)) | bool(self.app.work())
@@ -175,9 +197,14 @@ class Simulation:
                     results[row.id] = "opted_out"
                 except CloseloopError as exc:  # the case closed meanwhile
                     results[row.id] = f"refused: {exc}"
-        with self.world.begin() as c:
-            c.execute(_mark_done, [{"b_id": r.id, "b_result": results.get(r.id, "")} for r in rows])
-        return len(rows)
+        # A trigger the core could not give the account for is sent again at the next step.
+        done = [r for r in rows if results.get(r.id) != "unavailable"]
+        if done:
+            with self.world.begin() as c:
+                c.execute(
+                    _mark_done, [{"b_id": r.id, "b_result": results.get(r.id, "")} for r in done]
+                )
+        return len(done)
 
     def _visit(self, payload: dict[str, Any]) -> str:
         """A customer taps a message's link and goes through the mini-app."""
@@ -255,6 +282,8 @@ class Simulation:
             candidates = [tx.next_timer_due(), tx.next_outbox_due()]
         if action:
             candidates.append(datetime.fromisoformat(action))
+        if self.schedule is not None:
+            candidates.append(self.schedule.next_change(self.app.clock.now()))
         due = [c for c in candidates if c is not None]
         return min(due) if due else None
 

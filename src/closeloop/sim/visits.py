@@ -94,6 +94,8 @@ class Visitor:
             answer = await self._post("/m/identity", {**answers, "csrf": _value(page, "csrf")})
             if answer.status_code == 303:
                 break
+            if answer.status_code == 503:  # the details could not be checked now
+                return "unavailable"
             if answer.status_code != 422:  # locked: the case went to an agent
                 return "identity_failed"
             page = answer.text

@@ -437,6 +437,37 @@ class Tx:
         stmt = sa.select(sa.func.coalesce(sa.func.sum(extra), 0))
         return int(self.c.execute(stmt.where(outbox.c.kind == "writeback")).scalar_one())
 
+    def writebacks(self) -> list[dict[str, Any]]:
+        """Every writeback row: case, key, status, attempts, when made and when last changed."""
+        stmt = (
+            sa.select(
+                outbox.c.case_id,
+                outbox.c.idempotency_key,
+                outbox.c.status,
+                outbox.c.attempts,
+                outbox.c.created_at,
+                outbox.c.updated_at,
+            )
+            .where(outbox.c.kind == "writeback")
+            .order_by(outbox.c.id)
+        )
+        return [dict(r._mapping) for r in self.c.execute(stmt)]
+
+    def cases_without_work(self, live: Sequence[str]) -> list[str]:
+        """Of these cases, those with no timer set and no outbox row still to carry out."""
+        waiting = sa.union(
+            sa.select(timers.c.case_id),
+            sa.select(outbox.c.case_id).where(outbox.c.status.not_in(("done", "failed"))),
+        ).subquery()
+        idle: list[str] = []
+        for start in range(0, len(live), 500):
+            chunk = list(live[start : start + 500])
+            stmt = sa.select(cases.c.id).where(
+                cases.c.id.in_(chunk), cases.c.id.not_in(sa.select(waiting.c.case_id))
+            )
+            idle += [r[0] for r in self.c.execute(stmt)]
+        return sorted(idle)
+
     def outbox_counts(self) -> dict[tuple[str, str], int]:
         stmt = sa.select(outbox.c.kind, outbox.c.status, sa.func.count()).group_by(
             outbox.c.kind, outbox.c.status

@@ -79,8 +79,8 @@ def create_api(app: App) -> FastAPI:
         """Prometheus metrics (see docs/operating.md#metrics)."""
         return Response(app.telemetry.exposition(), media_type=CONTENT_TYPE)
 
-    @api.post("/v1/triggers", status_code=200)
-    def post_triggers(payload: Any = Body(...)) -> dict[str, Any]:
+    @api.post("/v1/triggers", status_code=200, response_model=None)
+    def post_triggers(payload: Any = Body(...)) -> dict[str, Any] | JSONResponse:
         triggers, batch = _parse(payload)
         items = [TriggerIn(id=t.id, type=t.type, data=t.data) for t in triggers]
         errors: list[dict[str, Any]] = []
@@ -107,9 +107,13 @@ def create_api(app: App) -> FastAPI:
                 "status": r.status,
                 "created": r.created,
                 "cases_closed": r.closed,
+                **({"reason": r.reason} if r.reason else {}),
             }
             for r in results
         ]
+        if not batch and results[0].status == "unavailable":
+            # Nothing was taken: the sender sends the same trigger again later.
+            return JSONResponse(body[0], status_code=503, headers={"Retry-After": "30"})
         return {"results": body} if batch else body[0]
 
     @api.get("/v1/cases/{case_id}")

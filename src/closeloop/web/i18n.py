@@ -136,6 +136,10 @@ TEXT: Mapping[str, Mapping[str, str]] = {
         "expired.title": "Your session has ended",
         "expired.text": "For your security, open the link in our message again to continue.",
         "stale.text": "That form was out of date. Please try again.",
+        "unreachable.text": (
+            "We cannot check your details right now. Nothing was counted against you: "
+            "please try again in a few minutes."
+        ),
         "refused.text": "We could not accept that: {reason}",
         "skip": "Skip to the main content",
     },
@@ -279,6 +283,10 @@ TEXT: Mapping[str, Mapping[str, str]] = {
             "Por su seguridad, vuelva a abrir el enlace de nuestro mensaje para continuar."
         ),
         "stale.text": "Ese formulario estaba desactualizado. Inténtelo de nuevo.",
+        "unreachable.text": (
+            "No podemos comprobar sus datos en este momento. No se le ha contado ningún "
+            "intento: vuelva a intentarlo en unos minutos."
+        ),
         "refused.text": "No pudimos aceptarlo: {reason}",
         "skip": "Saltar al contenido principal",
     },

@@ -47,7 +47,7 @@ from closeloop.app import App
 from closeloop.app.sessions import Session
 from closeloop.connectors.cards import CardOnFile, CardTokens
 from closeloop.engine import Case, Status
-from closeloop.errors import NotFound, StateError
+from closeloop.errors import NotFound, OperationalError, StateError
 from closeloop.ids import short_digest
 from closeloop.policy import OfferedOption, Plan, chosen_plan, last_first_date
 from closeloop.web.i18n import LOCALES, pick, reason, text
@@ -423,6 +423,9 @@ def router(app: App) -> APIRouter:
             passed = app.service.verify_identity(case.id, answers, key=attempt)
         except StateError:
             return show(session, app.runtime.case(case.id))
+        except OperationalError:  # the system of record cannot be read: not a failed attempt
+            error = text(locale_of(case), "unreachable.text")
+            return show(session, case, error=error, status=503)
         if passed:
             fresh = app.sessions.rotate(session, level="known_facts")
             return with_session(RedirectResponse("/m", status_code=303), fresh)
