@@ -127,6 +127,29 @@ def test_a_broken_answer_is_never_taken_as_success(
     assert reference.ledger()["effects"] == 1
 
 
+def test_an_answer_that_differs_from_the_mapping_is_not_success(
+    core: tuple[ReferenceCore, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The core posted, but the mapping expects a settled payment: not taken as success."""
+    reference, url = core
+    monkeypatch.setenv("CLOSELOOP_CORE_API_KEY", API)
+    text = MAPPING.read_text().replace("http://127.0.0.1:8092", url)
+    strict = text.replace("{status: {equals: posted}, amount: {type: decimal}}", (
+        "{status: {equals: settled}, amount: {type: integer}, settled_at: {}}"
+    ))  # fmt: skip
+    rest = RestConnector(load_mapping(strict))
+    try:
+        result = rest.execute("post_payment", None, PAID, "case_1.paid.0.post_payment")
+    finally:
+        rest.close()
+    assert not result.ok and result.retryable
+    assert result.error == (
+        "the answer does not match the mapping: status is 'posted', not 'settled'; "
+        "amount is not of type integer: '120.50'; no settled_at"
+    )
+    assert reference.ledger()["effects"] == 1  # made once; a retry replays the same answer
+
+
 def test_a_timeout_after_commit_is_retried_into_the_same_effect(
     core: tuple[ReferenceCore, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -180,7 +203,16 @@ def test_a_missing_credential_is_named() -> None:
             "operations.post_payment.path",
             "{acount_id} is not a field",
         ),
-        ("answer: {reference: id}", "operations.post_payment.answer", "unknown key"),
+        (
+            "fields: {status: {equals: posted}, amount: {type: decimal}}",
+            "operations.post_payment.answer.fields.amount.type",
+            "expected one of 'string'",
+        ),
+        (
+            "fields: {status: {equals: active}, instalments: {type: integer}}",
+            "operations.set_arrangement.answer.fields",
+            "not a dotted path",
+        ),
     ],
 )
 def test_mapping_problems_say_where(change: str, where: str, message: str) -> None:
@@ -190,7 +222,12 @@ def test_mapping_problems_say_where(change: str, where: str, message: str) -> No
             "amount: {from: amount, const: 1, type: decimal, required: true}"
         ),
         "path: /v1/accounts/{account_id}/payments": "path: /v1/accounts/{acount_id}/payments",
-        "answer: {reference: id}": "answer: {reference: id, status: 201}",
+        "fields: {status: {equals: posted}, amount: {type: decimal}}": (
+            "fields: {status: {equals: posted}, amount: {type: money}}"
+        ),
+        "fields: {status: {equals: active}, instalments: {type: integer}}": (
+            "fields: {status: {equals: active}, instalments/0: {type: integer}}"
+        ),
     }[change]
     text = MAPPING.read_text().replace(change, broken, 1)
     with pytest.raises(SpecError) as caught:

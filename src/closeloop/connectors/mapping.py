@@ -76,11 +76,32 @@ class FieldMap(_Strict):
         return self
 
 
+_PATH = r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$"  # a dotted path into a JSON answer ("data.0.id")
+AnswerType = Literal["string", "decimal", "integer", "boolean", "object", "list"]
+
+
+class Expected(_Strict):
+    """A field a successful answer must hold: its JSON type, and maybe its exact value."""
+
+    type: AnswerType = "string"
+    equals: str | int | bool | None = None
+
+
 class Answer(_Strict):
     """What a successful answer must hold."""
 
-    # A dotted path into the JSON answer ("id", "data.0.id").
-    reference: str = Field(pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+    reference: str = Field(pattern=_PATH)
+    # Other fields, by dotted path: an answer without them, or with another type or
+    # value, is not taken as success (a core that changed its answers, or a partial one).
+    fields: dict[str, Expected] = Field(default_factory=dict)
+
+    @field_validator("fields")
+    @classmethod
+    def _paths(cls, fields: dict[str, Expected]) -> dict[str, Expected]:
+        for path in fields:
+            if not re.match(_PATH, path):
+                raise ValueError(f"{path!r} is not a dotted path (like status or data.0.id)")
+        return fields
 
 
 class RestOperation(_Strict):
@@ -211,3 +232,36 @@ def at_path(document: Any, path: str) -> Any:
         else:
             return None
     return document
+
+
+def _is(value: Any, kind: AnswerType) -> bool:
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "decimal":  # a JSON number, or exact decimal text
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            return False
+        try:
+            return Decimal(str(value)).is_finite()
+        except InvalidOperation:
+            return False
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    return isinstance(value, dict if kind == "object" else list)
+
+
+def mismatches(document: Any, answer: Answer) -> list[str]:
+    """How a decoded 2xx answer differs from what the mapping says it holds (empty: it matches)."""
+    problems = []
+    if not at_path(document, answer.reference):
+        problems.append(f"no {answer.reference}")
+    for path, expected in answer.fields.items():
+        value = at_path(document, path)
+        if value is None:
+            problems.append(f"no {path}")
+        elif not _is(value, expected.type):
+            problems.append(f"{path} is not of type {expected.type}: {value!r}")
+        elif expected.equals is not None and value != expected.equals:
+            problems.append(f"{path} is {value!r}, not {expected.equals!r}")
+    return problems

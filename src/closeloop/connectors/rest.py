@@ -22,6 +22,7 @@ from closeloop.connectors.mapping import (
     RestOperation,
     at_path,
     build_body,
+    mismatches,
     render_path,
 )
 from closeloop.connectors.port import Account, WritebackResult
@@ -127,15 +128,15 @@ class RestConnector:
             body = _json(answer)
             if body is None:
                 return WritebackResult(ok=False, retryable=True, error="malformed answer: not JSON")
-            reference = at_path(body, request.answer.reference) if request.answer else ""
-            if not reference:
-                path = request.answer.reference if request.answer else ""
+            assert request.answer is not None  # the mapping requires one per operation
+            problems = mismatches(body, request.answer)
+            if problems:  # never taken as success; the retry replays the core's stored answer
                 return WritebackResult(
                     ok=False,
                     retryable=True,
-                    error=f"the answer does not match the mapping: no {path}",
+                    error=f"the answer does not match the mapping: {'; '.join(problems)}",
                 )
-            return WritebackResult(ok=True, reference=str(reference))
+            return WritebackResult(ok=True, reference=str(at_path(body, request.answer.reference)))
         reason = _reason(answer)
         if status in _RETRYABLE or status >= 500:
             return WritebackResult(ok=False, retryable=True, error=reason, retry_after=wait)

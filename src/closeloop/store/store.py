@@ -394,12 +394,15 @@ class Tx:
         )
         return self.c.execute(stmt.values(leased_until=None, updated_at=now)).rowcount
 
-    def next_outbox_due(self) -> datetime | None:
-        due = [
-            self.c.execute(q.next_unleased, {"kind": kind}).scalar_one_or_none()
-            for kind in ("message", "writeback")
-        ]
-        due.append(self.c.execute(q.next_lease_end).scalar_one_or_none())
+    def next_outbox_due(self, kinds: tuple[str, ...] = ("message", "writeback")) -> datetime | None:
+        """When the next outbox row of these kinds is due (or its lease ends)."""
+        due = [self.c.execute(q.next_unleased, {"kind": k}).scalar_one_or_none() for k in kinds]
+        lease = (
+            q.next_lease_end
+            if len(kinds) == 2
+            else q.next_lease_end.where(outbox.c.kind.in_(kinds))
+        )
+        due.append(self.c.execute(lease).scalar_one_or_none())
         return min((d for d in due if d is not None), default=None)
 
     def finish_outbox(
