@@ -329,26 +329,59 @@ def link(case_id: str, channel: Annotated[str, typer.Option()] = "sms") -> None:
 
 @case_cli.command("show")
 def case_show(case_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Print a case and its whole history."""
+    """Print a case, its whole history and where each of its writebacks stands."""
+    from closeloop.app.dispatch import writeback_state
+
     app = build(_settings())
     try:
         case = app.runtime.case(case_id)
         with app.store.read() as tx:
             history = tx.history(case_id)
+            rows = tx.writebacks(case_id)
     finally:
         app.close()
+    writebacks = [
+        {
+            "operation": r["operation"],
+            "argument": r["argument"],
+            "state": writeback_state(r),
+            "attempts": r["attempts"],
+            "idempotency_key": r["idempotency_key"],
+            "reference": (r["result"] or {}).get("reference") or None,
+            "last_error": (r["result"] or {}).get("error") or None,
+        }
+        for r in rows
+    ]
     if as_json:
         print(
             json.dumps(
-                {"id": case.id, "status": case.status.value, "history": history}, default=str
+                {
+                    "id": case.id,
+                    "status": case.status.value,
+                    "reason": case.reason,
+                    "history": history,
+                    "writebacks": writebacks,
+                },
+                default=str,
             )
         )
         return
     out.print(f"[bold]{case.id}[/] {case.workflow} account {case.account_id}: {case.status}")
+    if case.reason:
+        out.print(f"why: {case.reason}", markup=False, highlight=False)
     table = Table("seq", "when", "what", "who", "why")
     for h in history:
         table.add_row(str(h["seq"]), h["at"].isoformat(), h["kind"], h["actor"], h["reason"])
     out.print(table)
+    if writebacks:
+        # Unknown: an attempt was never answered cleanly; the core may hold the effect
+        # under the key shown, and someone has to look before doing it again.
+        done = Table("writeback", "state", "attempts", "reference or last error", "key")
+        for w in writebacks:
+            what = w["operation"] + (f" {w['argument']}" if w["argument"] else "")
+            detail = w["reference"] or w["last_error"] or ""
+            done.add_row(what, w["state"], str(w["attempts"]), detail, w["idempotency_key"])
+        out.print(done)
 
 
 @template_cli.command("preview")
@@ -824,7 +857,10 @@ def _print_drill(r: dict[str, Any], out_dir: Path) -> None:
     for name, value in (
         ("cases", str(r["cases"])),
         ("outcomes accepted from customers", str(r["outcomes_accepted"])),
-        ("writebacks done / failed / pending", f"{wb['done']} / {wb['failed']} / {wb['pending']}"),
+        (
+            "writebacks done / failed (unknown) / pending",
+            f"{wb['done']} / {wb['failed']} ({wb['unknown']}) / {wb['pending']}",
+        ),
         ("effects in the core's ledger", str(r["core_effects"])),
         ("writeback success", f"{r['writeback_success_rate']:.2%}"),
         ("writeback retries", str(r["writeback_retries"])),

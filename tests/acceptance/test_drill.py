@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from closeloop.app import Settings, build
 from closeloop.clock import SimClock
 from closeloop.connectors.reference_core import core_effects
+from closeloop.engine import Status
 from closeloop.sim.drill import SCENARIOS, check
 from closeloop.sim.runner import START
 from closeloop.store.database import create_engine
@@ -67,6 +68,16 @@ def test_the_checker_finds_a_lost_outcome_and_a_doubled_effect(tmp_path: Path) -
     scenario = SCENARIOS["malformed"]
     try:
         assert check(app, scenario, core_db)["invariants_hold"] is True
+        with app.store.read() as tx:
+            resolved = tx.first_case_id(Status.RESOLVED)
+        assert resolved is not None
+        shown = run(
+            "case", "show", resolved, "--json", cwd=tmp_path, env={"CLOSELOOP_DATA_DIR": str(out)}
+        )
+        assert shown.returncode == 0, shown.stderr
+        trail = json.loads(shown.stdout)
+        assert trail["writebacks"] and {w["state"] for w in trail["writebacks"]} == {"succeeded"}
+        assert all(w["reference"] and w["idempotency_key"] for w in trail["writebacks"])
         with core_db.begin() as c:
             first = c.execute(sa.select(core_effects).order_by(core_effects.c.at)).first()
             assert first is not None

@@ -13,10 +13,11 @@ import sqlalchemy as sa
 
 from closeloop.app import App, Settings, build
 from closeloop.app.breaker import CircuitBreaker
+from closeloop.app.dispatch import writeback_state
 from closeloop.app.links import token_from_url
 from closeloop.clock import SimClock
 from closeloop.connectors.mapping import load_mapping
-from closeloop.connectors.reference_core import ReferenceCore
+from closeloop.connectors.reference_core import ReferenceCore, core_accounts
 from closeloop.connectors.rest import RestConnector
 from closeloop.engine import Status
 from closeloop.store.database import create_engine
@@ -152,3 +153,31 @@ def test_writebacks_held_past_their_deadline_go_to_an_agent(
     assert all("the system of record is unavailable" in str(result) for _, _, result in rows)
     assert max(n for _, n, _ in rows) < 6  # held, not retried to exhaustion
     assert core.ledger()["effects"] == 0
+
+
+def test_an_agent_sees_which_writebacks_succeeded_failed_or_are_unknown(
+    world: tuple[App, ReferenceCore, str], clock: SimClock
+) -> None:
+    """Refused by the core: failed (nothing made). Never answered cleanly: unknown."""
+    app, core, url = world
+    with core.engine.begin() as c:  # the core closed account A2 meanwhile
+        closed = {**ACCOUNT, "account_id": "A2", "facts": {**ACCOUNT["facts"], "flags": ["closed"]}}
+        c.execute(
+            core_accounts.update().where(core_accounts.c.account_id == "A2").values(record=closed)
+        )
+    refused = paid(app, "A2", "t2")
+    app.dispatcher.run_writebacks()
+    with app.store.read() as tx:
+        states = {writeback_state(r) for r in tx.writebacks(refused)}
+    assert states == {"failed"} and app.runtime.case(refused).status is Status.EXCEPTION
+    broken = paid(app, "A1", "t1")
+    faults(url, malformed=1.0)  # every effect is made; every answer is garbage
+    for _ in range(30):
+        clock.advance(timedelta(hours=1))
+        app.dispatcher.run_writebacks()
+    with app.store.read() as tx:
+        rows = tx.writebacks(broken)
+    assert [writeback_state(r) for r in rows] == ["unknown"] * 3
+    assert app.runtime.case(broken).status is Status.EXCEPTION
+    ledger = core.ledger()  # some are in the core, under their keys: someone has to look
+    assert ledger["effects"] >= 1 and ledger["duplicate_keys"] == 0

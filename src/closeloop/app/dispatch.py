@@ -496,7 +496,7 @@ class Dispatcher:
             items = [i for i, _, _ in results] + [h[0] for h in held]
             back = _FeedBack(self.runtime, tx, items, now)
 
-            def overdue(item: OutboxItem, why: str) -> bool:
+            def overdue(item: OutboxItem, why: str, *, called: bool = False) -> bool:
                 """Past the deadline: the writeback fails and its case goes to an agent."""
                 if now - (item.created_at or now) < self.writeback_deadline:
                     return False
@@ -504,7 +504,9 @@ class Dispatcher:
                     f"not written back within {format_duration(self.writeback_deadline)}: "
                     f"the system of record is unavailable ({why})"
                 )
-                back.finished.append((item.id, "failed", {"error": reason}))
+                # An attempt that was never answered cleanly may have reached the core.
+                outcome = {"error": reason, "retryable": True, "called": called}
+                back.finished.append((item.id, "failed", outcome))
                 back.apply(
                     item,
                     WritebackFailed(
@@ -521,7 +523,7 @@ class Dispatcher:
                     # The core's failure, not the writeback's (the probe, or the one that
                     # opened the breaker): it waits for the core, up to its deadline,
                     # without using up its attempts.
-                    if not overdue(item, f"last answer: {result.error}"):
+                    if not overdue(item, f"last answer: {result.error}", called=True):
                         until = self.breaker.reopens_at(now)
                         back.deferrals.append(
                             (item.id, until, {"held": "circuit_open", "error": result.error})
@@ -541,7 +543,11 @@ class Dispatcher:
                     (
                         item.id,
                         "done" if result.ok else "failed",
-                        {"reference": result.reference, "error": result.error},
+                        {
+                            "reference": result.reference,
+                            "error": result.error,
+                            "retryable": result.retryable,
+                        },
                     )
                 )
                 event: Event
@@ -563,6 +569,24 @@ class Dispatcher:
                 back.apply(item, event)
             back.commit()
         return len(claimed)
+
+
+def writeback_state(row: Mapping[str, Any]) -> str:
+    """What an agent needs to know of a writeback: succeeded, failed, unknown or pending.
+
+    Failed means the core refused it (an answer no retry fixes), or it never
+    reached the core: nothing was made. Unknown means closeloop gave up on
+    an attempt that was never answered cleanly (a timeout, a dropped
+    connection, a broken answer): the core may hold the effect, under the
+    writeback's idempotency key, and someone has to look.
+    """
+    if row["status"] == "done":
+        return "succeeded"
+    if row["status"] != "failed":
+        return "pending"
+    result = row.get("result") or {}
+    reached = row.get("attempts", 0) > 0 or result.get("called", False)
+    return "unknown" if result.get("retryable") and reached else "failed"
 
 
 @dataclass

@@ -33,6 +33,7 @@ import httpx
 import sqlalchemy as sa
 
 from closeloop.app import App
+from closeloop.app.dispatch import writeback_state
 from closeloop.connectors.mapping import RestMapping, Timeouts, load_mapping_file
 from closeloop.connectors.reference_core import effect_keys, ledger_counts
 from closeloop.connectors.rest import RestConnector
@@ -226,6 +227,7 @@ def check(app: App, scenario: Scenario, core_db: sa.Engine) -> dict[str, Any]:
     for row in rows:
         by_case.setdefault(row["case_id"], []).append(row)
     statuses = Counter(r["status"] for r in rows)
+    states = Counter(writeback_state(r) for r in rows)
     # closeloop recorded it as done, but the core has no effect under its key
     phantom = [r for r in rows if r["status"] == "done" and r["idempotency_key"] not in in_core]
     accepted = [c for c in cases if c.outcome is not None]
@@ -253,7 +255,13 @@ def check(app: App, scenario: Scenario, core_db: sa.Engine) -> dict[str, Any]:
     report: dict[str, Any] = {
         "cases": len(cases),
         "outcomes_accepted": len(accepted),
-        "writebacks": {"done": done, "failed": failed, "pending": statuses.get("pending", 0)},
+        "writebacks": {
+            "done": done,
+            "failed": failed,
+            "pending": statuses.get("pending", 0),
+            # failed after an attempt that was never answered cleanly: the core may hold it
+            "unknown": states.get("unknown", 0),
+        },
         "core_effects": ledger["effects"],
         "outcomes_lost": len(lost),
         "duplicate_effects": ledger["duplicate_keys"] + ledger["duplicate_outcomes"],

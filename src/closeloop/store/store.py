@@ -440,21 +440,33 @@ class Tx:
         stmt = sa.select(sa.func.coalesce(sa.func.sum(extra), 0))
         return int(self.c.execute(stmt.where(outbox.c.kind == "writeback")).scalar_one())
 
-    def writebacks(self) -> list[dict[str, Any]]:
-        """Every writeback row: case, key, status, attempts, when made and when last changed."""
+    def writebacks(self, case_id: str | None = None) -> list[dict[str, Any]]:
+        """Writeback rows (of one case, or all): case, key, operation, status, attempts,
+        when made and last changed, and the last result."""
         stmt = (
             sa.select(
                 outbox.c.case_id,
                 outbox.c.idempotency_key,
+                outbox.c.payload,
                 outbox.c.status,
                 outbox.c.attempts,
                 outbox.c.created_at,
                 outbox.c.updated_at,
+                outbox.c.result,
             )
             .where(outbox.c.kind == "writeback")
             .order_by(outbox.c.id)
         )
-        return [dict(r._mapping) for r in self.c.execute(stmt)]
+        if case_id is not None:
+            stmt = stmt.where(outbox.c.case_id == case_id)
+        rows = []
+        for r in self.c.execute(stmt):
+            row = dict(r._mapping)
+            payload = row.pop("payload") or {}
+            row["operation"] = payload.get("operation", "")
+            row["argument"] = payload.get("argument")
+            rows.append(row)
+        return rows
 
     def cases_without_work(self, live: Sequence[str]) -> list[str]:
         """Of these cases, those with no timer set and no outbox row still to carry out."""
