@@ -102,18 +102,23 @@ def connector_validate(
     file: Path, as_json: Annotated[bool, typer.Option("--json")] = False
 ) -> None:
     """Check a connector mapping; print every problem with file:line:column (exit 2 if any)."""
-    from closeloop.connectors.mapping import load_mapping_file
+    from closeloop.connectors.mapping import PluginConnector, load_mapping_file
 
     try:
         mapping = load_mapping_file(file)
     except SpecError as exc:
         raise _problems(exc, file, as_json) from None
-    operations = sorted(mapping.operations)
+    if isinstance(mapping, PluginConnector):  # its code is checked when it is loaded
+        summary: dict[str, Any] = {"plugin": mapping.plugin}
+        line = f"plugin {mapping.plugin}"
+    else:
+        summary = {"operations": sorted(mapping.operations)}
+        line = ", ".join(summary["operations"])
     if as_json:
-        print(json.dumps({"valid": True, "connector": mapping.connector, "operations": operations}))
+        print(json.dumps({"valid": True, "connector": mapping.connector, **summary}))
     else:
         out.print(
-            f"{file}: valid ({mapping.connector}: {', '.join(operations)})",
+            f"{file}: valid ({mapping.connector}: {line})",
             style="green",
             soft_wrap=True,  # one line, however long the path: scripts read it
         )

@@ -80,7 +80,8 @@ def test_connector_validate_points_at_each_problem(tmp_path: Path) -> None:
     bad.write_text(example.read_text().replace("kind: rest", "kind: soap"))
     refused = run("connector", "validate", str(bad), cwd=tmp_path)
     assert refused.returncode == 2
-    assert f"{bad}:6:7: kind: expected one of 'rest'" in refused.stderr
+    line = example.read_text().splitlines().index("kind: rest") + 1
+    assert f"{bad}:{line}:7: kind: expected one of 'rest' or 'plugin'" in refused.stderr
 
 
 def test_ingest_keeps_rows_whose_account_the_core_cannot_give_for_later(tmp_path: Path) -> None:

@@ -26,7 +26,8 @@ from closeloop.channels.twilio import TwilioChannel
 from closeloop.channels.webhook import WebhookChannel
 from closeloop.clock import Clock, SystemClock
 from closeloop.connectors import Connector, LedgerCore
-from closeloop.connectors.mapping import load_mapping_file
+from closeloop.connectors.mapping import RestMapping, load_mapping_file
+from closeloop.connectors.plugins import load_plugin
 from closeloop.connectors.rest import RestConnector
 from closeloop.errors import InputError
 from closeloop.spec import load_spec_file
@@ -154,7 +155,8 @@ def build(
         connector_name, core = connector
     elif settings.connector is not None:  # the system of record, through its mapping
         mapping = load_mapping_file(settings.connector)
-        core, connector_name = RestConnector(mapping), mapping.connector
+        connector_name = mapping.connector
+        core = RestConnector(mapping) if isinstance(mapping, RestMapping) else load_plugin(mapping)
     workflows = Workflows(load_spec_file(path) for path in settings.workflows)
     runtime = Runtime(
         store=store,

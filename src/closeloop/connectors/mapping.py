@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from closeloop.errors import Problem, SpecError
 from closeloop.spec.loader import parse_yaml_model, read_source
 from closeloop.spec.model import Duration, Operation
 
@@ -169,20 +170,52 @@ class RestMapping(_Strict):
         return self
 
 
-def load_mapping(text: str, *, filename: str = "<connector>") -> RestMapping:
-    """Validate a connector mapping; raise SpecError with every problem at its line."""
+class PluginConnector(_Strict):
+    """A connector written in Python, installed as an entry point (see connectors.plugins)."""
+
+    connector: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    version: int = Field(ge=1)
+    kind: Literal["plugin"]
+    # The entry point's name in the group `closeloop.connectors`.
+    plugin: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    # Handed to the plugin's factory as they are; credentials belong in the environment.
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class _Kind(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    kind: Literal["rest", "plugin"]
+
+
+ConnectorConfig = RestMapping | PluginConnector
+_EXPECTED = "expected a mapping with connector, version, kind and what the kind needs"
+
+
+def load_mapping(text: str, *, filename: str = "<connector>") -> ConnectorConfig:
+    """Validate a connector's file; raise SpecError with every problem at its line."""
+    head, _ = parse_yaml_model(
+        text, _Kind, filename=filename, expected=_EXPECTED, what="the connector mapping"
+    )
+    model: type[ConnectorConfig] = PluginConnector if head.kind == "plugin" else RestMapping
     mapping, _ = parse_yaml_model(
-        text,
-        RestMapping,
-        filename=filename,
-        expected="expected a mapping with connector, version, kind, base_url, operations",
-        what="the connector mapping",
+        text, model, filename=filename, expected=_EXPECTED, what="the connector mapping"
     )
     return mapping
 
 
-def load_mapping_file(path: str | Path) -> RestMapping:
+def load_mapping_file(path: str | Path) -> ConnectorConfig:
     return load_mapping(read_source(path, what="the connector mapping"), filename=str(path))
+
+
+def load_rest_mapping(text: str, *, filename: str = "<connector>") -> RestMapping:
+    """A REST connector's mapping (SpecError if the file is another kind)."""
+    mapping = load_mapping(text, filename=filename)
+    if not isinstance(mapping, RestMapping):
+        raise SpecError(
+            [Problem(file=filename, line=1, column=1, path="kind", message="expected rest")],
+            what="the connector mapping",
+        )
+    return mapping
 
 
 def convert(value: Any, kind: Conversion) -> Any:

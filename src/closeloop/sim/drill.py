@@ -34,7 +34,7 @@ import sqlalchemy as sa
 
 from closeloop.app import App
 from closeloop.app.dispatch import writeback_state
-from closeloop.connectors.mapping import RestMapping, Timeouts, load_mapping_file
+from closeloop.connectors.mapping import RestMapping, Timeouts, load_rest_mapping
 from closeloop.connectors.reference_core import effect_keys, ledger_counts
 from closeloop.connectors.rest import RestConnector
 from closeloop.engine import Status
@@ -197,8 +197,7 @@ def load_core(core: CoreAccess, seed: int, accounts: int) -> None:
 def core_mapping() -> RestMapping:
     """The example mapping to the reference core, as shipped with closeloop."""
     source = resources.files("closeloop") / "examples" / "connectors" / "reference_core.yaml"
-    with resources.as_file(source) as path:
-        return load_mapping_file(path)
+    return load_rest_mapping(source.read_text(), filename="reference_core.yaml")
 
 
 def core_connector(core: CoreAccess) -> RestConnector:
