@@ -19,9 +19,10 @@ def free_port() -> int:
 class Served:
     """An ASGI app on a real loopback HTTP server, in a thread."""
 
-    def __init__(self, app: Any, port: int) -> None:
+    def __init__(self, app: Any, port: int, **tls: Any) -> None:
+        """`tls`: uvicorn's ssl_* settings, to serve HTTPS (and require client certificates)."""
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **tls)
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -30,7 +31,7 @@ class Served:
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not start")
             time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
 
     def stop(self) -> None:
         self.server.should_exit = True

@@ -512,13 +512,22 @@ def sandbox_core(
     accounts: Annotated[
         Path | None, typer.Option(help="a JSON file: a list of account records to load")
     ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="serve HTTPS with this certificate")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="and this private key")] = None,
+    client_ca: Annotated[
+        Path | None, typer.Option(help="require client certificates signed by this CA (mTLS)")
+    ] = None,
 ) -> None:
     """Run the reference billing core: accounts, payments and a ledger, with injected faults.
 
     Its API key and admin key come from CLOSELOOP_CORE_API_KEY and
-    CLOSELOOP_CORE_ADMIN_KEY, or are made up and printed. Faults can be
+    CLOSELOOP_CORE_ADMIN_KEY, or are made up and printed. With
+    CLOSELOOP_CORE_CLIENT_ID and CLOSELOOP_CORE_CLIENT_SECRET it also issues
+    OAuth 2.0 client-credentials tokens at /oauth/token. Faults can be
     changed while it runs: PUT /_admin/faults with the admin key.
     """
+    import ssl
+
     import uvicorn
     from pydantic import ValidationError
 
@@ -548,15 +557,38 @@ def sandbox_core(
             raise InputError(
                 f"--accounts {accounts}: expected a list of objects, each with an account_id"
             )
+    if (tls_cert is None) != (tls_key is None) or (client_ca and not tls_cert):
+        raise InputError("--tls-cert and --tls-key go together; --client-ca needs them")
+    for flag, path in (
+        ("--tls-cert", tls_cert),
+        ("--tls-key", tls_key),
+        ("--client-ca", client_ca),
+    ):
+        if path is not None and not path.is_file():
+            raise InputError(f"{flag} {path}: no such file")
+    client_id = os.environ.get("CLOSELOOP_CORE_CLIENT_ID")
+    client_secret = os.environ.get("CLOSELOOP_CORE_CLIENT_SECRET")
+    clients = {client_id: client_secret} if client_id and client_secret else {}
     engine = create_engine(f"sqlite:///{settings.data_dir / 'core.db'}")
-    core = ReferenceCore(engine, api_key=api_key, admin_key=admin_key, faults=start)
-    added = core.add_accounts(records)
-    err.print(
-        f"reference core on http://{host}:{port} ({added} accounts added; "
-        f"API key {api_key}, admin key {admin_key})"
+    core = ReferenceCore(
+        engine, api_key=api_key, admin_key=admin_key, faults=start, oauth_clients=clients
     )
+    added = core.add_accounts(records)
+    scheme = "https" if tls_cert else "http"
+    err.print(
+        f"reference core on {scheme}://{host}:{port} ({added} accounts added; "
+        f"API key {api_key}, admin key {admin_key}"
+        + (f"; OAuth client {client_id}" if clients else "")
+        + ("; client certificates required" if client_ca else "")
+        + ")"
+    )
+    tls: dict[str, Any] = {}
+    if tls_cert and tls_key:
+        tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)}
+    if client_ca:
+        tls |= {"ssl_ca_certs": str(client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
     try:
-        uvicorn.run(core.app, host=host, port=port, log_level="warning")
+        uvicorn.run(core.app, host=host, port=port, log_level="warning", **tls)
     finally:
         engine.dispose()
 

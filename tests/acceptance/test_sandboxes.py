@@ -118,3 +118,43 @@ def test_ingest_keeps_rows_whose_account_the_core_cannot_give_for_later(tmp_path
     finally:
         served.stop()
         engine.dispose()
+
+
+def test_sandbox_core_over_mutual_tls_with_oauth2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTPS that wants a client certificate, and bearer tokens from /oauth/token."""
+    import ssl
+
+    from closeloop.channels.devtls import dev_certificate
+
+    server_cert, server_key = dev_certificate(tmp_path / "server", "localhost")
+    client_cert, client_key = dev_certificate(tmp_path / "client", "closeloop")
+    monkeypatch.setenv("CLOSELOOP_CORE_CLIENT_ID", "closeloop")
+    monkeypatch.setenv("CLOSELOOP_CORE_CLIENT_SECRET", "s3cret")
+    args = ("sandbox", "core", "--tls-cert", str(server_cert), "--tls-key", str(server_key))
+    args += ("--client-ca", str(client_cert), "--port")
+    context = ssl.create_default_context(cafile=str(server_cert))
+    context.load_cert_chain(str(client_cert), str(client_key))
+    with listening(tmp_path, *args) as port:
+        url = f"https://127.0.0.1:{port}"
+        with httpx.Client(verify=context) as client:
+            token = client.post(
+                f"{url}/oauth/token",
+                data={"grant_type": "client_credentials"},
+                auth=("closeloop", "s3cret"),
+            )
+            assert token.status_code == 200 and token.json()["token_type"] == "Bearer"
+            bearer = {"Authorization": f"Bearer {token.json()['access_token']}"}
+            assert client.get(f"{url}/v1/accounts/nobody", headers=bearer).status_code == 404
+            wrong = client.post(
+                f"{url}/oauth/token", data={"grant_type": "client_credentials"}, auth=("x", "y")
+            )
+            assert wrong.status_code == 401 and wrong.json() == {"error": "invalid_client"}
+        with (
+            httpx.Client(verify=ssl.create_default_context(cafile=str(server_cert))) as stranger,
+            pytest.raises(httpx.HTTPError),
+        ):
+            stranger.get(f"{url}/v1/accounts/nobody", headers=bearer)
+    refused = run("sandbox", "core", "--client-ca", str(client_cert), cwd=tmp_path)
+    assert refused.returncode == 2 and "--client-ca needs them" in refused.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -10,7 +12,15 @@ from typing import Any
 import httpx
 import pytest
 
-from closeloop.connectors.mapping import RestMapping, load_mapping, load_mapping_file
+from closeloop.channels.devtls import dev_certificate
+from closeloop.connectors.credentials import ClientCredentialsAuth
+from closeloop.connectors.mapping import (
+    ClientCredentials,
+    RestMapping,
+    Tls,
+    load_mapping,
+    load_mapping_file,
+)
 from closeloop.connectors.reference_core import ReferenceCore
 from closeloop.connectors.rest import RestConnector
 from closeloop.errors import InputError, SpecError
@@ -236,3 +246,78 @@ def test_mapping_problems_say_where(change: str, where: str, message: str) -> No
     assert problem.path.startswith(where) and message in problem.message, problem
     line = text.splitlines()[problem.line - 1]
     assert broken.split(":")[0].strip() in line or where.split(".")[-1] in line
+
+
+def test_oauth2_client_credentials_fetch_reuse_and_renew_a_token(
+    core: tuple[ReferenceCore, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference, url = core
+    reference.oauth_clients = {"closeloop": "s3cret"}
+    reference.token_lifetime = timedelta(seconds=2)
+    monkeypatch.setenv("CORE_CLIENT_ID", "closeloop")
+    monkeypatch.setenv("CORE_CLIENT_SECRET", "s3cret")
+    oauth = ClientCredentials(
+        type="oauth2_client_credentials",
+        token_url=f"{url}/oauth/token",
+        client_id_env="CORE_CLIENT_ID",
+        client_secret_env="CORE_CLIENT_SECRET",
+    )
+    rest = RestConnector(mapping_for(url, auth=oauth))
+    try:
+        auth = rest.client.auth
+        assert isinstance(auth, ClientCredentialsAuth)
+        assert rest.execute("post_payment", None, PAID, "k1").ok
+        assert rest.read_account("A1") is not None and auth.fetched == 1  # one token, reused
+        reference.tokens.clear()  # revoked: the core answers 401 once, a new token follows
+        assert rest.execute("add_note", None, {**PAID, "outcome": "paid"}, "k2").ok
+        assert auth.fetched == 2
+        time.sleep(2.0)  # past its lifetime (less the margin): renewed before it is sent
+        assert rest.execute("post_payment", None, PAID, "k1").ok and auth.fetched == 3
+    finally:
+        rest.close()
+    assert reference.ledger()["effects"] == 2
+    monkeypatch.setenv("CORE_CLIENT_SECRET", "wrong")
+    refused = RestConnector(mapping_for(url, auth=oauth))
+    try:
+        result = refused.execute("post_payment", None, PAID, "k3")
+    finally:
+        refused.close()
+    assert not result.ok and result.retryable  # the writebacks wait while the secret is fixed
+    assert result.error == (
+        "closeloop's credentials were refused: the token endpoint answered 401 (invalid_client)"
+    )
+
+
+def test_mutual_tls_only_a_client_with_its_certificate_gets_in(
+    core: tuple[ReferenceCore, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference, _ = core
+    server_cert, server_key = dev_certificate(tmp_path / "server", "localhost")
+    client_cert, client_key = dev_certificate(tmp_path / "client", "closeloop")
+    served = Served(
+        reference.app,
+        free_port(),
+        ssl_certfile=str(server_cert),
+        ssl_keyfile=str(server_key),
+        ssl_ca_certs=str(client_cert),
+        ssl_cert_reqs=ssl.CERT_REQUIRED,
+    )
+    monkeypatch.setenv("CLOSELOOP_CORE_API_KEY", API)
+    trusted = Tls(ca_file=str(server_cert))
+    with_cert = trusted.model_copy(
+        update={"client_cert_file": str(client_cert), "client_key_file": str(client_key)}
+    )
+    try:
+        rest = RestConnector(mapping_for(served.url, tls=with_cert))
+        anonymous = RestConnector(mapping_for(served.url, tls=trusted))
+        paid = rest.execute("post_payment", None, PAID, "k1")
+        stranger = anonymous.execute("post_payment", None, PAID, "k2")
+        rest.close()
+        anonymous.close()
+    finally:
+        served.stop()
+    assert paid.ok and paid.reference.startswith("pos_")
+    assert not stranger.ok and stranger.retryable and stranger.error.startswith("connection")
+    assert reference.ledger()["effects"] == 1
+    with pytest.raises(InputError, match="tls:"):
+        RestConnector(mapping_for(served.url, tls=Tls(ca_file=str(tmp_path / "none.pem"))))

@@ -120,11 +120,39 @@ class RestOperation(_Strict):
         return path
 
 
+_ENV = r"^[A-Z][A-Z0-9_]*$"  # an environment variable's name: secrets never live in the file
+
+
 class ApiKey(_Strict):
     type: Literal["api_key"]
     header: str = "Authorization"
     prefix: str = "Bearer "
-    env: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$")
+    env: str = Field(pattern=_ENV)
+
+
+class ClientCredentials(_Strict):
+    """OAuth 2.0 client credentials (RFC 6749, section 4.4): a bearer token from the core's
+    token endpoint, fetched with the client's id and secret, renewed before it expires."""
+
+    type: Literal["oauth2_client_credentials"]
+    token_url: str = Field(pattern=r"^https?://[^/\s]+(/\S*)?$")
+    client_id_env: str = Field(pattern=_ENV)
+    client_secret_env: str = Field(pattern=_ENV)
+    scope: str | None = None
+
+
+class Tls(_Strict):
+    """How to trust the core, and how closeloop proves who it is (mutual TLS)."""
+
+    ca_file: str | None = None  # the CA bundle to trust the core with (default: the system's)
+    client_cert_file: str | None = None  # closeloop's certificate, PEM
+    client_key_file: str | None = None  # and its private key, PEM
+
+    @model_validator(mode="after")
+    def _pair(self) -> Tls:
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise ValueError("give both client_cert_file and client_key_file, or neither")
+        return self
 
 
 class Timeouts(_Strict):
@@ -149,7 +177,8 @@ class RestMapping(_Strict):
     version: int = Field(ge=1)
     kind: Literal["rest"]
     base_url: str = Field(pattern=r"^https?://[^/\s]+(/\S*)?$")
-    auth: ApiKey
+    auth: ApiKey | ClientCredentials = Field(discriminator="type")
+    tls: Tls | None = None
     timeouts: Timeouts = Field(default_factory=Timeouts)
     honours_idempotency_keys: bool = True
     account: RestOperation

@@ -25,6 +25,8 @@ drawn from a seed, the request and its attempt number, so a run repeats.
 - ``POST /v1/accounts/{id}/payments|arrangements|payment_methods|charges|notes|documents``,
   ``PATCH /v1/accounts/{id}/contact``, ``PUT|DELETE /v1/accounts/{id}/flags/{flag}``
 - ``PUT|GET /_admin/faults``, ``POST /_admin/accounts``, ``GET /_admin/ledger``
+- ``POST /oauth/token``: OAuth 2.0 client credentials, for the clients it is given;
+  its bearer tokens are taken wherever the API key is
 """
 
 from __future__ import annotations
@@ -43,7 +45,12 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import (
+    HTTPAuthorizationCredentials,
+    HTTPBasic,
+    HTTPBasicCredentials,
+    HTTPBearer,
+)
 from pydantic import BaseModel, ConfigDict, Field
 
 KEY_LIFETIME = timedelta(hours=24)
@@ -80,6 +87,7 @@ core_keys = sa.Table(
 )
 
 _BEARER = HTTPBearer(auto_error=False)
+_BASIC = HTTPBasic(auto_error=False)
 # An effect changes an account's record (in place) from a request's body and says
 # what it did; a ValueError is the caller's mistake (422).
 Effect = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
@@ -147,12 +155,19 @@ class ReferenceCore:
         admin_key: str,
         faults: Faults | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        oauth_clients: dict[str, str] | None = None,
+        token_lifetime: timedelta = timedelta(hours=1),
     ) -> None:
         self.engine = engine
         self.api_key = api_key
         self.admin_key = admin_key
         self.faults = faults or Faults()
         self.clock = clock
+        # OAuth 2.0 client credentials: client id -> secret; the bearer tokens issued, with
+        # when each expires. A live token is taken wherever the API key is.
+        self.oauth_clients = dict(oauth_clients or {})
+        self.token_lifetime = token_lifetime
+        self.tokens: dict[str, datetime] = {}
         self._attempts: dict[str, int] = {}
         self._lock = threading.Lock()
         core_metadata.create_all(engine)
@@ -300,19 +315,55 @@ class ReferenceCore:
     def _build(self) -> FastAPI:
         app = FastAPI(title="closeloop reference billing core", docs_url=None, redoc_url=None)
 
-        def authorised(secret: str) -> Callable[[HTTPAuthorizationCredentials | None], None]:
+        def authorised(
+            secret: str, *, tokens: bool = False
+        ) -> Callable[[HTTPAuthorizationCredentials | None], None]:
             def check(
                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
             ) -> None:
-                if credentials is None or not secrets.compare_digest(
-                    credentials.credentials, secret
-                ):
-                    raise HTTPException(401, "a bearer token is needed")
+                given = credentials.credentials if credentials else ""
+                if secrets.compare_digest(given, secret):
+                    return
+                if tokens and self.tokens.get(given, self.clock()) > self.clock():
+                    return
+                raise HTTPException(
+                    401,
+                    "a valid bearer token is needed",
+                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+                )
 
             return check
 
-        api = [Depends(authorised(self.api_key))]
+        api = [Depends(authorised(self.api_key, tokens=True))]
         admin = [Depends(authorised(self.admin_key))]
+
+        @app.post("/oauth/token")
+        async def token(
+            request: Request,
+            client: Annotated[HTTPBasicCredentials | None, Depends(_BASIC)],
+        ) -> JSONResponse:
+            """OAuth 2.0 client credentials (RFC 6749, 4.4), client_secret_basic or _post."""
+            form = await request.form()
+            client_id = client.username if client else str(form.get("client_id", ""))
+            secret = client.password if client else str(form.get("client_secret", ""))
+            known = self.oauth_clients.get(client_id)
+            if known is None or not secrets.compare_digest(secret, known):
+                return JSONResponse(
+                    {"error": "invalid_client"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Basic realm="token"'},
+                )
+            if form.get("grant_type") != "client_credentials":
+                return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
+            now = self.clock()
+            self.tokens = {t: until for t, until in self.tokens.items() if until > now}
+            issued = secrets.token_urlsafe(24)
+            self.tokens[issued] = now + self.token_lifetime
+            lifetime = int(self.token_lifetime.total_seconds())
+            return JSONResponse(
+                {"access_token": issued, "token_type": "Bearer", "expires_in": lifetime},
+                headers={"Cache-Control": "no-store"},
+            )
 
         async def write(
             request: Request,

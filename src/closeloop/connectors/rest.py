@@ -12,11 +12,11 @@ connections, 408, 409, 425, 429 and 5xx may be retried (with the core's
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import httpx
 
+from closeloop.connectors.credentials import CredentialsRefused, client_auth, tls_context
 from closeloop.connectors.mapping import (
     RestMapping,
     RestOperation,
@@ -26,7 +26,7 @@ from closeloop.connectors.mapping import (
     render_path,
 )
 from closeloop.connectors.port import Account, WritebackResult
-from closeloop.errors import InputError, OperationalError
+from closeloop.errors import OperationalError
 
 _RETRYABLE = frozenset({408, 409, 425, 429})
 
@@ -39,19 +39,16 @@ class RestConnector:
         transport: httpx.BaseTransport | None = None,
         secret: str | None = None,
     ) -> None:
-        # The credential comes from the environment variable the mapping names, unless
-        # the caller holds it (a drill's reference core has a key for its run only).
-        secret = secret or os.environ.get(mapping.auth.env)
-        if not secret:
-            raise InputError(
-                f"connector {mapping.connector}: set {mapping.auth.env} "
-                f"(its {mapping.auth.header} credential)"
-            )
+        # Credentials come from the environment variables the mapping names, unless the
+        # caller holds the secret (a drill's reference core has a key for its run only).
+        headers, auth = client_auth(mapping, secret)
         self.mapping = mapping
         timeouts = mapping.timeouts
         self.client = httpx.Client(
             base_url=mapping.base_url.rstrip("/"),
-            headers={mapping.auth.header: f"{mapping.auth.prefix}{secret}"},
+            headers=headers,
+            auth=auth,
+            verify=tls_context(mapping.tls, mapping.connector),
             timeout=httpx.Timeout(
                 timeouts.read.total_seconds(), connect=timeouts.connect.total_seconds()
             ),
@@ -106,6 +103,10 @@ class RestConnector:
             return WritebackResult(ok=False, error=f"cannot build {operation}: {exc}")
         except httpx.TimeoutException:
             return WritebackResult(ok=False, retryable=True, error="timeout")
+        except CredentialsRefused as exc:  # rotate the secret: the writebacks wait meanwhile
+            return WritebackResult(
+                ok=False, retryable=True, error=f"closeloop's credentials were refused: {exc}"
+            )
         except httpx.HTTPError as exc:
             return WritebackResult(ok=False, retryable=True, error=f"connection: {exc}")
         return self._result(request, answer)
