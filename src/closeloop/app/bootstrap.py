@@ -26,9 +26,10 @@ from closeloop.channels.twilio import TwilioChannel
 from closeloop.channels.webhook import WebhookChannel
 from closeloop.clock import Clock, SystemClock
 from closeloop.connectors import Connector, LedgerCore
-from closeloop.connectors.mapping import RestMapping, load_mapping_file
+from closeloop.connectors.mapping import RestMapping, SqlMapping, load_mapping_file
 from closeloop.connectors.plugins import load_plugin
 from closeloop.connectors.rest import RestConnector
+from closeloop.connectors.sql import SqlConnector
 from closeloop.errors import InputError
 from closeloop.spec import load_spec_file
 from closeloop.store import Store
@@ -156,7 +157,12 @@ def build(
     elif settings.connector is not None:  # the system of record, through its mapping
         mapping = load_mapping_file(settings.connector)
         connector_name = mapping.connector
-        core = RestConnector(mapping) if isinstance(mapping, RestMapping) else load_plugin(mapping)
+        if isinstance(mapping, RestMapping):
+            core = RestConnector(mapping)
+        elif isinstance(mapping, SqlMapping):
+            core = SqlConnector(mapping)
+        else:
+            core = load_plugin(mapping)
     workflows = Workflows(load_spec_file(path) for path in settings.workflows)
     runtime = Runtime(
         store=store,

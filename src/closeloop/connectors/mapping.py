@@ -211,12 +211,75 @@ class PluginConnector(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # a table or column name, as the database spells it
+
+
+class SqlAccount(_Strict):
+    """Where read_account finds an account: one row of a table, by its key column."""
+
+    table: str = Field(pattern=_NAME)
+    key: str = Field(pattern=_NAME)
+    first_name: str = Field(default="first_name", pattern=_NAME)
+    locale: str | None = Field(default=None, pattern=_NAME)
+    time_zone: str | None = Field(default=None, pattern=_NAME)
+    # Columns whose values rules read as account.<column>; or one JSON column of them.
+    facts: list[str] = Field(default_factory=list)
+    facts_json: str | None = Field(default=None, pattern=_NAME)
+    # JSON columns (lists of objects, an object): contact points, methods on file, known facts.
+    contacts_json: str | None = Field(default=None, pattern=_NAME)
+    payment_methods_json: str | None = Field(default=None, pattern=_NAME)
+    secrets_json: str | None = Field(default=None, pattern=_NAME)
+
+    @field_validator("facts")
+    @classmethod
+    def _columns(cls, columns: list[str]) -> list[str]:
+        for column in columns:
+            if not re.match(_NAME, column):
+                raise ValueError(f"{column!r} is not a column name")
+        return columns
+
+
+class SqlOperation(_Strict):
+    """A writeback as one row inserted into a staging table the core picks up."""
+
+    table: str = Field(pattern=_NAME)
+    columns: dict[str, FieldMap]
+    # The column holding the writeback's idempotency key, unique in the table: a second
+    # insert with the same key finds the first row instead of making another.
+    key_column: str = Field(pattern=_NAME)
+    # The column whose value is the effect's reference (default: the key column).
+    reference_column: str | None = Field(default=None, pattern=_NAME)
+
+    @model_validator(mode="after")
+    def _keyed(self) -> SqlOperation:
+        key = self.columns.get(self.key_column)
+        if key is None or key.source != "idempotency_key":
+            raise ValueError(f"key_column: {self.key_column} must be a column from idempotency_key")
+        for column in self.columns:
+            if not re.match(_NAME, column):
+                raise ValueError(f"columns: {column!r} is not a column name")
+        return self
+
+
+class SqlMapping(_Strict):
+    """A core that exposes a staging schema: writebacks are rows in its tables."""
+
+    connector: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    version: int = Field(ge=1)
+    kind: Literal["sql"]
+    # The database's SQLAlchemy URL (with its credentials) from this environment variable.
+    url_env: str = Field(pattern=_ENV)
+    db_schema: str | None = Field(default=None, alias="schema", pattern=_NAME)
+    account: SqlAccount
+    operations: dict[Operation, SqlOperation]
+
+
 class _Kind(BaseModel):
     model_config = ConfigDict(extra="allow")
-    kind: Literal["rest", "plugin"]
+    kind: Literal["rest", "sql", "plugin"]
 
 
-ConnectorConfig = RestMapping | PluginConnector
+ConnectorConfig = RestMapping | SqlMapping | PluginConnector
 _EXPECTED = "expected a mapping with connector, version, kind and what the kind needs"
 
 
@@ -225,7 +288,12 @@ def load_mapping(text: str, *, filename: str = "<connector>") -> ConnectorConfig
     head, _ = parse_yaml_model(
         text, _Kind, filename=filename, expected=_EXPECTED, what="the connector mapping"
     )
-    model: type[ConnectorConfig] = PluginConnector if head.kind == "plugin" else RestMapping
+    kinds: dict[str, type[ConnectorConfig]] = {
+        "rest": RestMapping,
+        "sql": SqlMapping,
+        "plugin": PluginConnector,
+    }
+    model = kinds[head.kind]
     mapping, _ = parse_yaml_model(
         text, model, filename=filename, expected=_EXPECTED, what="the connector mapping"
     )
