@@ -102,7 +102,12 @@ def connector_validate(
     file: Path, as_json: Annotated[bool, typer.Option("--json")] = False
 ) -> None:
     """Check a connector mapping; print every problem with file:line:column (exit 2 if any)."""
-    from closeloop.connectors.mapping import PluginConnector, SqlMapping, load_mapping_file
+    from closeloop.connectors.mapping import (
+        BatchMapping,
+        PluginConnector,
+        SqlMapping,
+        load_mapping_file,
+    )
 
     try:
         mapping = load_mapping_file(file)
@@ -111,9 +116,9 @@ def connector_validate(
     if isinstance(mapping, PluginConnector):  # its code is checked when it is loaded
         summary: dict[str, Any] = {"plugin": mapping.plugin}
         line = f"plugin {mapping.plugin}"
-    elif isinstance(mapping, SqlMapping):  # its tables are read when it first writes
+    elif isinstance(mapping, SqlMapping | BatchMapping):  # tables and folders: when it runs
         summary = {"operations": sorted(mapping.operations)}
-        line = "sql: " + ", ".join(summary["operations"])
+        line = f"{mapping.kind}: " + ", ".join(summary["operations"])
     else:
         summary = {"operations": sorted(mapping.operations)}
         line = ", ".join(summary["operations"])

@@ -26,7 +26,8 @@ from closeloop.channels.twilio import TwilioChannel
 from closeloop.channels.webhook import WebhookChannel
 from closeloop.clock import Clock, SystemClock
 from closeloop.connectors import Connector, LedgerCore
-from closeloop.connectors.mapping import RestMapping, SqlMapping, load_mapping_file
+from closeloop.connectors.batch import BatchFileConnector
+from closeloop.connectors.mapping import BatchMapping, RestMapping, SqlMapping, load_mapping_file
 from closeloop.connectors.plugins import load_plugin
 from closeloop.connectors.rest import RestConnector
 from closeloop.connectors.sql import SqlConnector
@@ -161,6 +162,8 @@ def build(
             core = RestConnector(mapping)
         elif isinstance(mapping, SqlMapping):
             core = SqlConnector(mapping)
+        elif isinstance(mapping, BatchMapping):
+            core = BatchFileConnector(mapping)
         else:
             core = load_plugin(mapping)
     workflows = Workflows(load_spec_file(path) for path in settings.workflows)
@@ -220,6 +223,7 @@ def build(
         connector=core,
         connector_name=connector_name,
         retry=retry,
+        writeback_deadline=timedelta(hours=settings.writeback_deadline_hours),
         public_url=settings.public_url,
         link_lifetime=lifetime,
         sms_segment_cost=settings.sms_segment_cost,

@@ -485,9 +485,11 @@ class Dispatcher:
                 log.exception("connector_crashed", key=item.idempotency_key)
                 result = WritebackResult(ok=False, retryable=True, error=f"connector error: {exc}")
             answered = self.runtime.clock.now()
-            if self.breaker.record(result.ok or not result.retryable, answered):
+            healthy = result.ok or result.pending or not result.retryable
+            if self.breaker.record(healthy, answered):
                 opened.append((answered, result.error))
             results.append((item, result, self.breaker.state != "closed"))
+        settle([self.connector])  # a connector that writes its round at once (a file) does so
         now = self.runtime.clock.now()
         with self.runtime.store.transaction() as tx:
             for at, why in opened:
@@ -519,6 +521,11 @@ class Dispatcher:
                 if not overdue(item, why.replace("_", " ")):
                     back.deferrals.append((item.id, until, {"held": why}))
             for item, result, core_down in results:
+                if result.pending:  # taken, waiting for the core to confirm it
+                    if not overdue(item, f"not confirmed: {result.error}", called=True):
+                        until = now + timedelta(seconds=result.retry_after or 900)
+                        back.deferrals.append((item.id, until, {"awaiting": result.error}))
+                    continue
                 if not result.ok and result.retryable and core_down:
                     # The core's failure, not the writeback's (the probe, or the one that
                     # opened the breaker): it waits for the core, up to its deadline,

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     writeback_max_attempts: int = Field(default=6, ge=1)
     writeback_base_delay_seconds: float = Field(default=30.0, gt=0)
     writeback_max_delay_seconds: float = Field(default=3600.0, gt=0)
+    writeback_deadline_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="a writeback not confirmed by then fails and its case goes to an agent",
+    )
     batch_size: int = Field(default=500, ge=1, le=10_000)
     smtp_host: str | None = Field(
         default=None, description="send email through this SMTP server (default: the local sink)"

@@ -274,12 +274,105 @@ class SqlMapping(_Strict):
     operations: dict[Operation, SqlOperation]
 
 
+class BatchField(FieldMap):
+    """One field of an instruction record: a CSV column, or a fixed-width slice."""
+
+    name: str = Field(pattern=_NAME)
+    width: int | None = Field(default=None, ge=1, le=1000)
+    align: Literal["left", "right"] = "left"
+    pad: str = Field(default=" ", min_length=1, max_length=1)
+
+
+class BatchOperation(_Strict):
+    fields: list[BatchField] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _keyed(self) -> BatchOperation:
+        if not any(f.source == "idempotency_key" for f in self.fields):
+            raise ValueError("fields: one field must come from idempotency_key")
+        return self
+
+
+class AckColumn(_Strict):
+    """Where a part of an acknowledgement is: a CSV column, or a fixed-width slice."""
+
+    column: str | None = None
+    start: int | None = Field(default=None, ge=1)  # 1-based, as layouts are written down
+    width: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> AckColumn:
+        if (self.column is None) == (self.start is None or self.width is None):
+            raise ValueError("give column (CSV), or start and width (fixed width)")
+        return self
+
+
+class AckLayout(_Strict):
+    """The core's acknowledgement files: one line per instruction, accepted or rejected."""
+
+    folder: str
+    pattern: str = "*.ack"
+    format: Literal["csv", "fixed_width"] = "csv"
+    key: AckColumn
+    status: AckColumn
+    reference: AckColumn | None = None
+    reason: AckColumn | None = None
+    accepted: list[str] = Field(default_factory=lambda: ["OK"], min_length=1)
+
+
+class AccountExtract(_Strict):
+    """The core's account extract (CSV): read_account finds an account's row by its key."""
+
+    file: str
+    key: str
+    first_name: str = "first_name"
+    locale: str | None = None
+    time_zone: str | None = None
+    facts: list[str] = Field(default_factory=list)
+    numbers: list[str] = Field(default_factory=list)  # facts read as numbers
+    facts_json: str | None = None
+    contacts_json: str | None = None
+    payment_methods_json: str | None = None
+    secrets_json: str | None = None
+
+
+class BatchMapping(_Strict):
+    """A core that takes instruction files and answers with acknowledgement files."""
+
+    connector: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    version: int = Field(ge=1)
+    kind: Literal["batch"]
+    format: Literal["csv", "fixed_width"]
+    outbound: str  # the folder the core picks instruction files up from
+    journal: str  # closeloop's record of each instruction (a SQLite file it owns)
+    ack: AckLayout
+    accounts: AccountExtract
+    operations: dict[Operation, BatchOperation]
+
+    @model_validator(mode="after")
+    def _widths(self) -> BatchMapping:
+        if self.format == "csv":  # one header for the file: every record has the same columns
+            layouts = {tuple(f.name for f in o.fields) for o in self.operations.values()}
+            if len(layouts) > 1:
+                raise ValueError(
+                    "operations: in a CSV file every operation needs the same fields, in the "
+                    "same order (tell them apart with a constant, such as a record type)"
+                )
+        if self.format == "fixed_width":
+            for name, operation in self.operations.items():
+                if any(f.width is None for f in operation.fields):
+                    raise ValueError(f"operations.{name}: every field needs a width")
+        if self.ack.format == "fixed_width" and self.ack.key.start is None:
+            raise ValueError("ack: a fixed-width acknowledgement needs start and width")
+        return self
+
+
 class _Kind(BaseModel):
     model_config = ConfigDict(extra="allow")
-    kind: Literal["rest", "sql", "plugin"]
+    kind: Literal["rest", "sql", "batch", "plugin"]
 
 
-ConnectorConfig = RestMapping | SqlMapping | PluginConnector
+ConnectorConfig = RestMapping | SqlMapping | BatchMapping | PluginConnector
 _EXPECTED = "expected a mapping with connector, version, kind and what the kind needs"
 
 
@@ -291,6 +384,7 @@ def load_mapping(text: str, *, filename: str = "<connector>") -> ConnectorConfig
     kinds: dict[str, type[ConnectorConfig]] = {
         "rest": RestMapping,
         "sql": SqlMapping,
+        "batch": BatchMapping,
         "plugin": PluginConnector,
     }
     model = kinds[head.kind]

@@ -32,6 +32,9 @@ class WritebackResult:
     retryable: bool = False
     error: str = ""
     retry_after: float | None = None  # seconds the core asked the caller to wait (429, 503)
+    # Taken, not yet confirmed (an instruction file the core has not acknowledged): ask
+    # again after `retry_after` seconds; the wait uses up no attempt, only the deadline.
+    pending: bool = False
 
 
 class Connector(Protocol):
