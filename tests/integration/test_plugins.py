@@ -137,4 +137,4 @@ def test_a_plugin_file_is_validated_like_a_mapping() -> None:
     with pytest.raises(SpecError) as caught:
         load_mapping("connector: vault_core\nversion: 1\nkind: soap\n")
     assert caught.value.problems[0].line == 3
-    assert "'rest' or 'plugin'" in caught.value.problems[0].message
+    assert "'rest', 'sql', 'batch' or 'plugin'" in caught.value.problems[0].message
