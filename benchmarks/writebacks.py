@@ -148,9 +148,7 @@ def main() -> None:
         core = running.core
         assert core is not None
         with admin(core) as client:
-            records = [
-                {"account_id": f"A{i}", "facts": {"balance": 1_000_000.0}} for i in range(n)
-            ]
+            records = [{"account_id": f"A{i}", "facts": {"balance": 1_000_000.0}} for i in range(n)]
             assert client.post("/_admin/accounts", json=records).status_code == 200
         for run in range(args.repeat):  # interleaved, so every side sees the same machine
             raw = max(raw, run_raw(core, n, f"raw{run}"))

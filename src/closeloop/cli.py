@@ -370,8 +370,18 @@ def case_show(case_id: str, as_json: Annotated[bool, typer.Option("--json")] = F
             json.dumps(
                 {
                     "id": case.id,
+                    "workflow": case.workflow,
+                    "account_id": case.account_id,
                     "status": case.status.value,
                     "reason": case.reason,
+                    "trigger": {"id": case.trigger_id, "data": dict(case.data)},
+                    "identity": {
+                        "level": case.identity_level,
+                        "failures": case.identity_failures,
+                        "code_failures": case.code_failures,
+                    },
+                    "outcome": case.outcome,
+                    "customer_inputs": dict(case.submission),
                     "history": history,
                     "writebacks": writebacks,
                 },
@@ -382,6 +392,17 @@ def case_show(case_id: str, as_json: Annotated[bool, typer.Option("--json")] = F
     out.print(f"[bold]{case.id}[/] {case.workflow} account {case.account_id}: {case.status}")
     if case.reason:
         out.print(f"why: {case.reason}", markup=False, highlight=False)
+    trigger = ", ".join(f"{k}={v}" for k, v in case.data.items())
+    out.print(f"trigger {case.trigger_id}: {trigger}", markup=False, highlight=False)
+    out.print(
+        f"identity: {case.identity_level} ({case.identity_failures} failed checks, "
+        f"{case.code_failures} wrong codes)",
+        markup=False,
+        highlight=False,
+    )
+    if case.outcome:
+        inputs = ", ".join(f"{k}={v}" for k, v in case.submission.items())
+        out.print(f"outcome: {case.outcome} ({inputs})", markup=False, highlight=False)
     table = Table("seq", "when", "what", "who", "why")
     for h in history:
         table.add_row(str(h["seq"]), h["at"].isoformat(), h["kind"], h["actor"], h["reason"])

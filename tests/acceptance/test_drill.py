@@ -76,6 +76,9 @@ def test_the_checker_finds_a_lost_outcome_and_a_doubled_effect(tmp_path: Path) -
         )
         assert shown.returncode == 0, shown.stderr
         trail = json.loads(shown.stdout)
+        assert trail["trigger"]["data"]["account_id"] == trail["account_id"]
+        assert trail["outcome"] and trail["customer_inputs"]
+        assert trail["identity"]["level"] != "none"
         assert trail["writebacks"] and {w["state"] for w in trail["writebacks"]} == {"succeeded"}
         assert all(w["reference"] and w["idempotency_key"] for w in trail["writebacks"])
         with core_db.begin() as c:
