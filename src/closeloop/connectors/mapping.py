@@ -12,7 +12,7 @@ a field path). See docs/connectors.md.
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
@@ -51,7 +51,7 @@ SOURCES = frozenset(
         "outcome",
     }
 )
-Conversion = Literal["string", "decimal", "cents", "integer", "boolean", "as_is"]
+Conversion = Literal["string", "decimal", "cents", "integer", "boolean", "date", "as_is"]
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 
 
@@ -65,12 +65,16 @@ class FieldMap(_Strict):
     source: str | None = Field(default=None, alias="from")
     const: Any = None
     type: Conversion = "as_is"
+    # For type date: how the core writes a date (strftime, "%Y%m%d"); default ISO 8601.
+    format: str | None = Field(default=None, min_length=2)
     required: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> FieldMap:
         if (self.source is None) == (self.const is None):
             raise ValueError("give exactly one of from (a field of closeloop's data) or const")
+        if self.format is not None and self.type != "date":
+            raise ValueError("format goes with type: date")
         if self.source is not None and self.source not in SOURCES:
             known = ", ".join(sorted(SOURCES))
             raise ValueError(f"from: {self.source!r} is not a field closeloop sends ({known})")
@@ -108,6 +112,7 @@ class Answer(_Strict):
 class RestOperation(_Strict):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
     path: str = Field(pattern=r"^/\S*$")
+    # Keys are field paths into the JSON body ("payment.amount" nests an object).
     body: dict[str, FieldMap] = Field(default_factory=dict)
     answer: Answer | None = None
 
@@ -409,10 +414,16 @@ def load_rest_mapping(text: str, *, filename: str = "<connector>") -> RestMappin
     return mapping
 
 
-def convert(value: Any, kind: Conversion) -> Any:
+def convert(value: Any, kind: Conversion, form: str | None = None) -> Any:
     """A value of closeloop's data as the core wants it; ValueError if it cannot be."""
     if kind == "as_is" or value is None:
         return value
+    if kind == "date":
+        try:
+            day = value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+        except ValueError:
+            raise ValueError(f"{value!r} is not a date") from None
+        return day.strftime(form) if form else day.isoformat()
     if kind == "string":
         return str(value)
     if kind in ("decimal", "cents"):
@@ -442,7 +453,21 @@ def build_body(fields: dict[str, FieldMap], data: dict[str, Any]) -> dict[str, A
             if field.required:
                 raise ValueError(f"{field.source} is required for {name}")
             continue
-        body[name] = convert(data[field.source], field.type)
+        body[name] = convert(data[field.source], field.type, field.format)
+    return body
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """A JSON body from field paths: {"payment.amount": 1} becomes {"payment": {"amount": 1}}."""
+    body: dict[str, Any] = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split(".")
+        node = body
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{path}: {part} is both a value and an object")
+        node[leaf] = value
     return body
 
 

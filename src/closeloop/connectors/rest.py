@@ -23,6 +23,7 @@ from closeloop.connectors.mapping import (
     at_path,
     build_body,
     mismatches,
+    nest,
     render_path,
 )
 from closeloop.connectors.port import Account, WritebackResult
@@ -116,7 +117,7 @@ class RestConnector:
         self, request: RestOperation, values: dict[str, Any], key: str | None
     ) -> httpx.Response:
         path = render_path(request.path, values)
-        body = build_body(request.body, values)
+        body = nest(build_body(request.body, values))
         headers = {"Idempotency-Key": key} if key and self.mapping.honours_idempotency_keys else {}
         return self.client.request(
             request.method, path, json=body if request.body else None, headers=headers
