@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import secrets
 import sys
@@ -44,6 +45,10 @@ case_cli = typer.Typer(no_args_is_help=True, help="Look at cases.")
 cli.add_typer(spec_cli, name="spec")
 cli.add_typer(db_cli, name="db")
 cli.add_typer(case_cli, name="case")
+stats_cli = typer.Typer(no_args_is_help=True, help="Statistics for planning and reading a rollout.")
+cli.add_typer(stats_cli, name="stats")
+rollout_cli = typer.Typer(no_args_is_help=True, help="Phased rollouts.")
+cli.add_typer(rollout_cli, name="rollout")
 template_cli = typer.Typer(no_args_is_help=True, help="Look at message templates.")
 cli.add_typer(template_cli, name="template")
 sandbox_cli = typer.Typer(no_args_is_help=True, help="Local providers for development.")
@@ -130,6 +135,179 @@ def connector_validate(
             style="green",
             soft_wrap=True,  # one line, however long the path: scripts read it
         )
+
+
+# -- statistics ---------------------------------------------------------------
+def _counts(flag: str, text: str) -> Any:
+    """SUCCESSES/N from the command line, as a Proportion (InputError naming the flag)."""
+    from closeloop.stats import Proportion, StatsError
+
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise InputError(f"{flag} {text!r}: expected SUCCESSES/N, such as 120/1000")
+    try:
+        return Proportion(successes=int(parts[0]), n=int(parts[1]))
+    except StatsError as exc:
+        raise InputError(f"{flag} {text!r}: {exc}") from None
+
+
+@stats_cli.command("compare")
+def stats_compare(
+    control: Annotated[str, typer.Option(help="the control's SUCCESSES/N, such as 120/1000")],
+    treatment: Annotated[str, typer.Option(help="the treatment's SUCCESSES/N")],
+    sequential: Annotated[
+        bool, typer.Option("--sequential", help="an always-valid confidence sequence")
+    ] = False,
+    n_star: Annotated[
+        float, typer.Option("--n-star", help="total sample size where the sequence is narrowest")
+    ] = 5000.0,
+    alpha: Annotated[float, typer.Option(help="1 - the confidence level")] = 0.05,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Compare two proportions: lift, interval, p-value, chance to win (as gbstats does)."""
+    from closeloop.stats import StatsError, compare
+
+    try:
+        result = compare(
+            _counts("--control", control),
+            _counts("--treatment", treatment),
+            alpha=alpha,
+            sequential=sequential,
+            n_star=n_star,
+        )
+    except StatsError as exc:
+        raise InputError(str(exc)) from None
+    report = {
+        "method": result.method,
+        "alpha": alpha,
+        "n_star": result.n_star,
+        "control": {"successes": result.control.successes, "n": result.control.n,
+                    "rate": result.control.rate},
+        "treatment": {"successes": result.treatment.successes, "n": result.treatment.n,
+                      "rate": result.treatment.rate},
+        "lift": result.lift,
+        "lift_interval": list(result.lift_interval),
+        "lift_stddev": result.lift_stddev,
+        "difference": result.difference,
+        "difference_interval": list(result.difference_interval),
+        "p_value": result.p_value,
+        "chance_to_win": result.chance_to_win,
+        "significant": result.significant,
+    }  # fmt: skip
+    if as_json:
+        print(json.dumps(report))
+        return
+    level = f"{1 - alpha:.0%}"
+    kind = f"sequential (n* = {n_star:,.0f})" if sequential else "fixed horizon"
+    low, high = result.lift_interval
+    dlow, dhigh = result.difference_interval
+    out.print(
+        f"control   {result.control.successes}/{result.control.n} = {result.control.rate:.2%}"
+    )
+    out.print(
+        f"treatment {result.treatment.successes}/{result.treatment.n} = {result.treatment.rate:.2%}"
+    )
+    out.print(f"lift      {result.lift:+.2%}  ({level} {kind}: {low:+.2%} to {high:+.2%})")
+    out.print(f"difference {result.difference:+.2%} points ({dlow:+.2%} to {dhigh:+.2%})")
+    out.print(f"p-value   {result.p_value:.4g}; chance to win {result.chance_to_win:.1%}")
+    verdict = "significant" if result.significant else "not significant"
+    out.print(f"{verdict} at {level}")
+
+
+@stats_cli.command("power")
+def stats_power(
+    p1: Annotated[float, typer.Option(help="the control's rate")],
+    p2: Annotated[float, typer.Option(help="the rate to detect")],
+    n: Annotated[float | None, typer.Option(help="units per arm: gives the power")] = None,
+    target: Annotated[
+        float | None, typer.Option("--power", help="the power wanted: gives units per arm")
+    ] = None,
+    alpha: Annotated[float, typer.Option()] = 0.05,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Power or sample size for two proportions, two-sided (as R's power.prop.test)."""
+    from closeloop.stats import StatsError, power, sample_size
+
+    if (n is None) == (target is None):
+        raise InputError("give exactly one of --n (to get the power) or --power (to get n)")
+    try:
+        if n is not None:
+            found = {"p1": p1, "p2": p2, "alpha": alpha, "n": n,
+                     "power": power(p1, p2, n, alpha=alpha)}  # fmt: skip
+        else:
+            assert target is not None
+            needed = sample_size(p1, p2, target=target, alpha=alpha)
+            found = {"p1": p1, "p2": p2, "alpha": alpha, "power": target, "n": needed,
+                     "n_per_arm": math.ceil(needed)}  # fmt: skip
+    except StatsError as exc:
+        raise InputError(str(exc)) from None
+    if as_json:
+        print(json.dumps(found))
+    elif n is not None:
+        out.print(f"power {found['power']:.4f} with {n:,.0f} per arm ({p1} vs {p2}, alpha {alpha})")
+    else:
+        out.print(
+            f"{found['n_per_arm']:,} per arm (n = {found['n']:.2f}) for power {target} "
+            f"({p1} vs {p2}, alpha {alpha})"
+        )
+
+
+@stats_cli.command("srm")
+def stats_srm(
+    counts: Annotated[list[int], typer.Argument(help="units assigned to each arm")],
+    weights: Annotated[
+        list[float] | None, typer.Option("--weights", help="each arm's weight (default: equal)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Sample-ratio mismatch: a chi-square test against the weights (flagged at p < 0.001)."""
+    from closeloop.stats import StatsError, srm
+
+    try:
+        result = srm(counts, weights or None)
+    except StatsError as exc:
+        raise InputError(str(exc)) from None
+    found = {
+        "counts": list(result.counts),
+        "expected": list(result.expected),
+        "chi2": result.chi2,
+        "p_value": result.p_value,
+        "mismatch": result.mismatch,
+    }
+    if as_json:
+        print(json.dumps(found))
+    else:
+        expected = ", ".join(f"{e:,.1f}" for e in result.expected)
+        verdict = "MISMATCH: check assignment" if result.mismatch else "no mismatch"
+        out.print(
+            f"chi2 {result.chi2:.3f}, p {result.p_value:.3g} (expected {expected}): {verdict}"
+        )
+    if result.mismatch:
+        raise typer.Exit(1)
+
+
+@rollout_cli.command("bucket")
+def rollout_bucket(
+    group: Annotated[str, typer.Option(help="the group (a workflow's name)")],
+    unit: Annotated[str, typer.Option(help="the unit (an account id)")],
+    percentage: Annotated[
+        float | None, typer.Option(min=0, max=100, help="also say whether it is in this cohort")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The unit's bucket (1..100) in the group, as Unleash's normalised hash puts it."""
+    from closeloop.rollout import bucket, in_cohort
+
+    found: dict[str, Any] = {"group": group, "unit": unit, "bucket": bucket(group, unit)}
+    if percentage is not None:
+        found |= {"percentage": percentage, "in_cohort": in_cohort(group, unit, percentage)}
+    if as_json:
+        print(json.dumps(found))
+        return
+    line = f"{group}:{unit} is in bucket {found['bucket']}"
+    if percentage is not None:
+        line += f": {'in' if found['in_cohort'] else 'not in'} a {percentage:g}% cohort"
+    out.print(line, markup=False, highlight=False)
 
 
 # -- database ---------------------------------------------------------------

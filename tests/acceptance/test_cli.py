@@ -229,3 +229,32 @@ def test_demo_over_the_sandbox_providers_matches_the_sink(workdir: Path) -> None
     with sqlite3.connect(workdir / "real" / "sandboxes" / "smtp.db") as db:
         raw = db.execute("SELECT raw FROM smtp_received LIMIT 1").fetchone()[0]
     assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in raw
+
+
+def test_stats_and_bucket_commands_for_people_planning_a_rollout(workdir: Path) -> None:
+    compared = run(
+        "stats", "compare", "--control", "1396/3000", "--treatment", "2422/3461",
+        "--sequential", "--json", cwd=workdir,
+    )  # fmt: skip
+    assert compared.returncode == 0, compared.stderr
+    result = json.loads(compared.stdout)
+    assert result["method"] == "sequential" and result["n_star"] == 5000
+    assert [round(x, 5) for x in result["lift_interval"]] == [0.40098, 0.60675]
+    powered = json.loads(
+        run(
+            "stats", "power", "--p1", "0.5", "--p2", "0.75", "--n", "50", "--json", cwd=workdir
+        ).stdout
+    )
+    assert round(powered["power"], 7) == 0.7401659
+    mismatch = run("stats", "srm", "5000", "5600", cwd=workdir)
+    assert mismatch.returncode == 1 and "MISMATCH" in mismatch.stdout
+    bucket = run("rollout", "bucket", "--group", "g", "--unit", "u", "--json", cwd=workdir)
+    assert 1 <= json.loads(bucket.stdout)["bucket"] <= 100
+    for args, message in (
+        (("stats", "compare", "--control", "12/x", "--treatment", "1/2"), "expected SUCCESSES/N"),
+        (("stats", "compare", "--control", "5/4", "--treatment", "1/2"), "between 0 and n"),
+        (("stats", "power", "--p1", "0.5", "--p2", "0.6"), "exactly one of --n"),
+        (("stats", "srm", "10", "20", "--weights", "1"), "2 counts but 1 weights"),
+    ):
+        refused = run(*args, cwd=workdir)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
