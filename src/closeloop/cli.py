@@ -286,6 +286,56 @@ def stats_srm(
         raise typer.Exit(1)
 
 
+@rollout_cli.command("validate")
+def rollout_validate(file: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Check a rollout plan; print its stages with each arm's sample, or every problem (exit 2)."""
+    from closeloop.rollout.plan import describe, load_plan_file
+
+    try:
+        plan = load_plan_file(file)
+    except SpecError as exc:
+        raise _problems(exc, file, as_json) from None
+    stages = describe(plan)
+    if as_json:
+        print(json.dumps({"valid": True, "rollout": plan.rollout, "stages": stages}))
+        return
+    out.print(
+        f"{file}: valid ({plan.rollout} v{plan.version} of {plan.workflow}; "
+        f"promotion {plan.promotion}, on halt {plan.on_halt.replace('_', ' ')})",
+        soft_wrap=True,
+    )
+    table = Table("stage", "share", "segment", "at least", "experiment", "gates")
+    for row in stages:
+        experiment = ""
+        if "experiment" in row:
+            e = row["experiment"]
+            arms = " / ".join(f"{name} {weight}" for name, weight in e["arms"].items())
+            h = e["hypothesis"]
+            experiment = (
+                f"{e['name']}: {arms}; {h['metric']} {h['direction']} "
+                f"{h['minimum_detectable_effect']:.0%} points from {h['baseline']:.0%}: "
+                f"{e['sample_per_arm']:,} per arm (power {e['power']:.0%})"
+            )
+        gates = "; ".join(
+            f"{g['metric']} "
+            + (
+                f">= {g['at_least']:.1%}" if "at_least" in g
+                else f"<= {g['at_most']:.1%}" if "at_most" in g
+                else f"not worse than control by {g['not_worse_than_control_by']:.1%}"
+            )
+            for g in row["gates"]
+        )  # fmt: skip
+        table.add_row(
+            row["stage"], f"{row['share']:g}%", row["segment"] or "all",
+            f"{row['min_days']:g} days, {row['min_sample']:,} cases", experiment, gates,
+        )  # fmt: skip
+    out.print(table)
+    rails = ", ".join(
+        r.metric + (f" > {r.above:g}" if r.above is not None else "") for r in plan.guardrails
+    )
+    out.print(f"guardrails (halt at once): {rails or 'none'}")
+
+
 @rollout_cli.command("bucket")
 def rollout_bucket(
     group: Annotated[str, typer.Option(help="the group (a workflow's name)")],

@@ -258,3 +258,21 @@ def test_stats_and_bucket_commands_for_people_planning_a_rollout(workdir: Path) 
     ):
         refused = run(*args, cwd=workdir)
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+
+
+def test_rollout_validate_shows_each_arm_sample_or_every_problem(workdir: Path) -> None:
+    plan = ROOT / "examples" / "rollouts" / "failed_payment.yaml"
+    shown = run("rollout", "validate", str(plan), "--json", cwd=workdir)
+    assert shown.returncode == 0, shown.stderr
+    stages = json.loads(shown.stdout)["stages"]
+    assert [s["share"] for s in stages] == [5, 25, 100]
+    assert stages[0]["experiment"]["sample_per_arm"] == 388
+    bad = workdir / "plan.yaml"
+    bad.write_text(plan.read_text().replace("at_most: 0.05}", "at_most: 5}", 1))
+    refused = run("rollout", "validate", str(bad), cwd=workdir)
+    assert refused.returncode == 2
+    assert "plan.yaml:25:43: stages[0].gates[1].at_most: Input should be less" in refused.stderr
+    bad.write_text(plan.read_text().replace("share: 25", "share: 3"))
+    refused = run("rollout", "validate", str(bad), cwd=workdir)
+    assert refused.returncode == 2
+    assert "stages[1].share: each share must be larger than the last (5%)" in refused.stderr
