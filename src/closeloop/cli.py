@@ -16,6 +16,7 @@ import secrets
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -334,6 +335,96 @@ def rollout_validate(file: Path, as_json: Annotated[bool, typer.Option("--json")
         r.metric + (f" > {r.above:g}" if r.above is not None else "") for r in plan.guardrails
     )
     out.print(f"guardrails (halt at once): {rails or 'none'}")
+
+
+@rollout_cli.command("status")
+def rollout_status(
+    plan_file: Annotated[Path, typer.Option("--plan", help="the rollout plan (YAML)")],
+    stage_name: Annotated[
+        str | None, typer.Option("--stage", help="the stage to judge (default: the first)")
+    ] = None,
+    since: Annotated[
+        datetime | None, typer.Option(help="cases opened from (default: the first case)")
+    ] = None,
+    until: Annotated[
+        datetime | None, typer.Option(help="cases opened before (default: after the last case)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The stage's gate table from the database: each criterion, value, interval, pass/fail."""
+    from closeloop.rollout.gates import Tally, judge
+    from closeloop.rollout.plan import load_plan_file
+
+    try:
+        plan = load_plan_file(plan_file)
+    except SpecError as exc:
+        raise _problems(exc, plan_file, as_json) from None
+    stages = {s.name: s for s in plan.stages}
+    stage = stages.get(stage_name or plan.stages[0].name)
+    if stage is None:
+        raise InputError(
+            f"--stage: {plan.rollout} has no stage {stage_name!r} ({', '.join(stages)})"
+        )
+    app = build(_settings())
+    try:
+        with app.store.read() as tx:
+            first, last = tx.opened_between(plan.workflow)
+            # Times given without a zone are UTC, as the database keeps them.
+            since = since.replace(tzinfo=UTC) if since and since.tzinfo is None else since
+            until = until.replace(tzinfo=UTC) if until and until.tzinfo is None else until
+            start = since or first
+            end = until or (last + timedelta(microseconds=1) if last else None)
+            tallies = tx.rollout_tallies(plan.workflow, start, end) if start and end else {}
+    finally:
+        app.close()
+    enrolled, control = Tally(**tallies.get("enrolled", {})), Tally(**tallies.get("control", {}))
+    elapsed = end - start if start and end else timedelta(0)
+    verdict = judge(plan, stage, enrolled=enrolled, control=control, elapsed=elapsed)
+
+    def row(result: Any) -> dict[str, Any]:
+        return {
+            "criterion": result.criterion,
+            "value": result.value,
+            "interval": list(result.interval) if result.interval else None,
+            "passed": result.passed,
+            "detail": result.detail,
+        }
+
+    report = {
+        "rollout": plan.rollout,
+        "stage": stage.name,
+        "since": start.isoformat() if start else None,
+        "until": end.isoformat() if end else None,
+        "enrolled": enrolled.__dict__,
+        "control": control.__dict__,
+        "gates": [row(g) for g in verdict.gates],
+        "minimums": [row(m) for m in verdict.minimums],
+        "breaches": list(verdict.breaches),
+        "promotable": verdict.promotable,
+    }
+    if as_json:
+        print(json.dumps(report))
+        return
+    out.print(
+        f"{plan.rollout}, stage {stage.name} ({stage.share:g}%): {enrolled.cases:,} cases "
+        f"enrolled, {control.cases:,} in the control",
+        soft_wrap=True,
+    )
+    table = Table("criterion", "value", "interval", "")
+    for result in verdict.gates + verdict.minimums:
+        rate = result.value is not None and result.interval is not None
+        value = (
+            "-" if result.value is None else f"{result.value:.2%}" if rate else f"{result.value:g}"
+        )
+        interval = (
+            f"{result.interval[0]:.2%} to {result.interval[1]:.2%}" if result.interval else ""
+        )
+        verdict_text = {True: "pass", False: "FAIL", None: "no data"}[result.passed]
+        table.add_row(result.criterion, value, interval, verdict_text)
+    out.print(table)
+    for breach in verdict.breaches:
+        out.print(f"guardrail broken: {breach}", markup=False, highlight=False)
+    out.print("promotable" if verdict.promotable else "not promotable yet")
 
 
 @rollout_cli.command("bucket")

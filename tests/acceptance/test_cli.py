@@ -276,3 +276,32 @@ def test_rollout_validate_shows_each_arm_sample_or_every_problem(workdir: Path) 
     refused = run("rollout", "validate", str(bad), cwd=workdir)
     assert refused.returncode == 2
     assert "stages[1].share: each share must be larger than the last (5%)" in refused.stderr
+
+
+def test_rollout_status_reads_the_gate_table_from_a_run(workdir: Path) -> None:
+    out = workdir / "half"
+    demo_json("--accounts", "300", "--days", "10", "--cohort", "50", "--out", str(out), cwd=workdir)
+    plan = ROOT / "examples" / "rollouts" / "failed_payment.yaml"
+    env = {"CLOSELOOP_DATA_DIR": str(out)}
+    shown = run("rollout", "status", "--plan", str(plan), "--stage", "quarter", "--json",
+                cwd=workdir, env=env)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert status["stage"] == "quarter" and status["enrolled"]["cases"] > 50
+    assert status["control"]["cases"] > 50 and status["control"]["completed"] == 0
+    criteria = [g["criterion"] for g in status["gates"]]
+    assert criteria == [
+        "writeback_success >= 99.50%",
+        "exception_rate <= 5.00%",
+        "resolution not worse than control by 1.0% points",
+    ]
+    assert all(g["passed"] in (True, False) and g["interval"] for g in status["gates"])
+    assert status["minimums"][1] == {
+        "criterion": "at least 2000 cases", "value": status["enrolled"]["cases"],
+        "interval": None, "passed": False, "detail": "",
+    }  # fmt: skip
+    unknown = run("rollout", "status", "--plan", str(plan), "--stage", "moon", cwd=workdir, env=env)
+    assert (
+        unknown.returncode == 2
+        and "has no stage 'moon' (pilot, quarter, everyone)" in unknown.stderr
+    )

@@ -57,6 +57,10 @@ def test_the_example_plan_and_the_sample_each_arm_needs() -> None:
             "takes no bound",
         ),
         (("promotion: approval", "promotion: whenever"), "expected one of 'automatic'"),
+        (
+            ("{metric: resolution, not_worse", "{metric: completion, not_worse"),
+            "only resolution compares",
+        ),
     ],
 )
 def test_plan_problems_say_where(change: tuple[str, str], message: str) -> None:
@@ -70,7 +74,12 @@ def test_plan_problems_say_where(change: tuple[str, str], message: str) -> None:
 
 
 def tally(cases: int, completed: int, **more: int) -> Tally:
-    base = {"writebacks": completed * 3, "writebacks_ok": completed * 3, "exceptions": cases // 50}
+    base = {
+        "resolved": completed,
+        "writebacks": completed * 3,
+        "writebacks_ok": completed * 3,
+        "exceptions": cases // 50,
+    }
     return Tally(cases=cases, completed=completed, **{**base, **more})
 
 

@@ -276,7 +276,13 @@ class Runtime:
         account_id = str(trigger.data[specs[0].spec.trigger.key])
         now = self.clock.now()
         batch = []
-        for case in tx.open_cases_for_account(account_id):
+        # Cases left out of a rollout within the time an enrolled case would have had
+        # to resolve: what happened to them is the control group's outcome.
+        longest = max(c.spec.outreach.expires_after for c in specs)
+        cases = tx.open_cases_for_account(account_id)
+        live = {c.id for c in cases}
+        cases += tx.control_cases_for_account(account_id, now - longest)
+        for case in cases:
             compiled = self.spec_for(case, tx)
             if compiled.spec.workflow not in closers:
                 continue
@@ -287,7 +293,9 @@ class Runtime:
             trigger.id, trigger.type, account_id, now, sum(1 for a in batch if a.decision.changed)
         )
         tx.commit_decisions(batch, now)
-        closed = sum(1 for a in batch if a.decision.case.status.terminal)
+        closed = sum(
+            1 for a in batch if a.decision.case.id in live and a.decision.case.status.terminal
+        )
         return IntakeResult(
             trigger_id=trigger.id,
             case_id=None,

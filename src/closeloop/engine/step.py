@@ -105,7 +105,10 @@ def step(case: Case, event: Event, compiled: CompiledSpec, now: datetime) -> Dec
     handler = _HANDLERS.get(type(event))
     if handler is None:
         raise TypeError(f"the engine does not handle {type(event).__name__}")
-    if case.status.terminal and not isinstance(event, Opened):
+    # A case outside the cohort is closed at once, but what the system of record says
+    # of it later is still recorded: that is the control group's outcome.
+    control = case.status is Status.NOT_ENROLLED and isinstance(event, BackendEvent)
+    if case.status.terminal and not isinstance(event, Opened) and not control:
         return _reject(case, f"case is closed ({case.status.value})")
     draft = _Draft(case, now)
     why = handler(draft, event, compiled)
@@ -516,6 +519,14 @@ def _backend(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
     assert isinstance(event, BackendEvent)
     if event.type not in compiled.spec.trigger.closes_on:
         return f"{event.type} does not close {compiled.spec.workflow} cases"
+    if d.case.status is Status.NOT_ENROLLED:  # business as usual resolved it
+        d.record(
+            "resolved_outside_rollout",
+            event.actor,
+            f"{event.type} from the system of record (not enrolled: business as usual)",
+            event=event.type,
+        )
+        return None
     if d.case.status not in _ACTIVE:
         d.record("backend_event", event.actor, f"{event.type} noted while writing back")
         return None

@@ -24,6 +24,7 @@ class Tally:
 
     cases: int = 0
     completed: int = 0  # resolved in the message
+    resolved: int = 0  # resolved by any channel (the only way a control case resolves)
     writebacks: int = 0  # finished writebacks (done or failed)
     writebacks_ok: int = 0
     exceptions: int = 0
@@ -36,6 +37,7 @@ class Tally:
         """(successes, units) of a rate metric."""
         return {
             "completion": (self.completed, self.cases),
+            "resolution": (self.resolved, self.cases),
             "writeback_success": (self.writebacks_ok, self.writebacks),
             "exception_rate": (self.exceptions, self.cases),
             "opt_out_rate": (self.opt_outs, self.cases),

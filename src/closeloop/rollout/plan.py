@@ -23,11 +23,12 @@ from closeloop.spec.rules import ACCOUNT_FIELDS, RuleProblem, compile_rule
 from closeloop.stats import StatsError, sample_size
 
 # What a gate or guardrail can read, per arm or stage (docs/rollout.md#metrics).
-RATES = ("completion", "writeback_success", "exception_rate", "opt_out_rate",
+RATES = ("completion", "resolution", "writeback_success", "exception_rate", "opt_out_rate",
          "identity_failure_rate")  # fmt: skip
 COUNTS = ("duplicate_writebacks",)
 Metric = Literal[
     "completion",
+    "resolution",
     "writeback_success",
     "exception_rate",
     "opt_out_rate",
@@ -97,6 +98,11 @@ class Gate(_Strict):
             raise ValueError("give exactly one of at_least, at_most, not_worse_than_control_by")
         if self.metric not in RATES:
             raise ValueError(f"metric: a gate reads a rate ({', '.join(RATES)})")
+        if self.not_worse_than_control_by is not None and self.metric != "resolution":
+            raise ValueError(
+                "against the control only resolution compares: cases not enrolled are not "
+                "contacted, so they have no completion in the message, writebacks or opt-outs"
+            )
         return self
 
 

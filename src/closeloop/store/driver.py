@@ -77,6 +77,9 @@ _SQLITE = {
     "open_cases_for_account": f"""
         SELECT {CASE_COLUMNS} FROM cases WHERE account_id = :account_id AND status IN ({_LIVE})
         ORDER BY opened_at""",
+    "control_cases_for_account": f"""
+        SELECT {CASE_COLUMNS} FROM cases WHERE account_id = :account_id
+        AND status = 'not_enrolled' AND opened_at >= :since ORDER BY opened_at""",
     "seen_keys": """
         SELECT case_id, dedupe_key FROM case_events WHERE (case_id, dedupe_key) IN (
             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
@@ -113,6 +116,9 @@ _POSTGRESQL = {
     "open_cases_for_account": f"""
         SELECT {CASE_COLUMNS} FROM cases WHERE account_id = :account_id AND status IN ({_LIVE})
         ORDER BY opened_at FOR UPDATE""",
+    "control_cases_for_account": f"""
+        SELECT {CASE_COLUMNS} FROM cases WHERE account_id = :account_id
+        AND status = 'not_enrolled' AND opened_at >= :since ORDER BY opened_at FOR UPDATE""",
     "seen_keys": """
         SELECT case_id, dedupe_key FROM case_events WHERE (case_id, dedupe_key) IN (
             SELECT * FROM unnest(CAST(:cases AS text[]), CAST(:keys AS text[])))""",

@@ -231,6 +231,11 @@ class Tx:
         rows = self._rows("open_cases_for_account", {"account_id": account_id})
         return [self._case(row) for row in rows]
 
+    def control_cases_for_account(self, account_id: str, since: datetime) -> list[Case]:
+        """The account's cases left out of a rollout (not enrolled) opened since `since`."""
+        params = {"account_id": account_id, "since": self.d.time(since)}
+        return [self._case(row) for row in self._rows("control_cases_for_account", params)]
+
     def seen_keys(self, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which (case id, event key) pairs were already applied."""
         if not pairs:
@@ -482,6 +487,71 @@ class Tx:
             )
             idle += [r[0] for r in self.c.execute(stmt)]
         return sorted(idle)
+
+    def opened_between(self, workflow: str) -> tuple[datetime | None, datetime | None]:
+        """When the workflow's first and last cases were opened."""
+        stmt = sa.select(sa.func.min(cases.c.opened_at), sa.func.max(cases.c.opened_at)).where(
+            cases.c.workflow.like(f"{workflow}@%")
+        )
+        first, last = self.c.execute(stmt).one()
+        return first, last
+
+    def rollout_tallies(
+        self, workflow: str, since: datetime, until: datetime
+    ) -> dict[str, dict[str, int]]:
+        """What the workflow's eligible cases opened in [since, until) did, by cohort."""
+        opened = sa.and_(
+            cases.c.workflow.like(f"{workflow}@%"),
+            cases.c.opened_at >= since,
+            cases.c.opened_at < until,
+            cases.c.status != "ineligible",
+        )
+        control_resolved = sa.exists().where(
+            case_events.c.case_id == cases.c.id,
+            case_events.c.kind == "resolved_outside_rollout",
+        )
+        status = cases.c.status
+
+        def total(condition: Any) -> Any:
+            return sa.func.sum(sa.case((condition, 1), else_=0))
+
+        tallies: dict[str, dict[str, int]] = {}
+        by_cohort = (
+            sa.select(
+                cases.c.cohort,
+                sa.func.count(),
+                total(status == "resolved"),
+                total(status.in_(("resolved", "resolved_elsewhere")) | control_resolved),
+                total(status == "exception"),
+                total(status == "opted_out"),
+            )
+            .where(opened)
+            .group_by(cases.c.cohort)
+        )
+        for cohort, n, completed, resolved, exceptions, opt_outs in self.c.execute(by_cohort):
+            tallies[cohort] = {
+                "cases": n, "completed": completed or 0, "resolved": resolved or 0,
+                "exceptions": exceptions or 0, "opt_outs": opt_outs or 0,
+            }  # fmt: skip
+        written = (
+            sa.select(cases.c.cohort, sa.func.count(), total(outbox.c.status == "done"))
+            .select_from(outbox.join(cases, outbox.c.case_id == cases.c.id))
+            .where(opened, outbox.c.kind == "writeback", outbox.c.status.in_(("done", "failed")))
+            .group_by(cases.c.cohort)
+        )
+        for cohort, n, ok in self.c.execute(written):
+            tallies.setdefault(cohort, {}).update(writebacks=n, writebacks_ok=ok or 0)
+        checked = (
+            sa.select(
+                cases.c.cohort, sa.func.count(), total(case_events.c.kind == "identity_failed")
+            )
+            .select_from(case_events.join(cases, case_events.c.case_id == cases.c.id))
+            .where(opened, case_events.c.kind.in_(("identity_passed", "identity_failed")))
+            .group_by(cases.c.cohort)
+        )
+        for cohort, n, failed in self.c.execute(checked):
+            tallies.setdefault(cohort, {}).update(identity_checks=n, identity_failures=failed or 0)
+        return tallies
 
     def outbox_counts(self) -> dict[tuple[str, str], int]:
         stmt = sa.select(outbox.c.kind, outbox.c.status, sa.func.count()).group_by(
