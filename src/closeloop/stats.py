@@ -128,8 +128,8 @@ def compare(
         # The always-valid p-value: one over the mixture's e-value (Waudby-Smith et al.).
         nr2 = n * rho * rho
         t2 = lift**2 / lift_var
-        e_value = math.exp(rho * rho * t2 * n / (2 * (nr2 + 1))) / math.sqrt(nr2 + 1)
-        p_value = min(1.0, 1 / e_value)
+        log_e = rho * rho * t2 * n / (2 * (nr2 + 1)) - math.log(nr2 + 1) / 2
+        p_value = min(1.0, math.exp(-log_e))  # in logs: the e-value overflows a float
     else:
         dof = _welch_dof(a, b)
         quantile = float(stats.t.ppf(1 - alpha / 2, dof))

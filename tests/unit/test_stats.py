@@ -49,6 +49,15 @@ def test_sequential_matches_gbstats() -> None:
     assert result.significant and result.p_value < 1e-6 and result.chance_to_win > 0.999
 
 
+def test_an_overwhelming_difference_has_a_p_value_of_zero_not_an_overflow() -> None:
+    huge = compare(
+        Proportion(successes=10_000, n=1_000_000),
+        Proportion(successes=900_000, n=1_000_000),
+        sequential=True,
+    )
+    assert huge.p_value == 0.0 and huge.significant
+
+
 def test_the_sequence_is_narrowest_near_its_tuning() -> None:
     control, treatment = Proportion(successes=300, n=3000), Proportion(successes=330, n=3000)
     widths = {
