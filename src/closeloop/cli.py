@@ -287,6 +287,89 @@ def stats_srm(
         raise typer.Exit(1)
 
 
+def _actor(actor: str | None) -> str:
+    """Who takes a decision: given, or the operating system's user."""
+    return actor or os.environ.get("USER") or "operator"
+
+
+@rollout_cli.command("start")
+def rollout_start(
+    plan_file: Path,
+    reason: Annotated[str, typer.Option(help="why it starts now")] = "started",
+    actor: Annotated[str | None, typer.Option(help="who starts it (default: $USER)")] = None,
+) -> None:
+    """Start a rollout from its plan: its first stage enrols new cases from now."""
+    source = plan_file.read_text() if plan_file.is_file() else None
+    if source is None:
+        raise InputError(f"{plan_file}: no such file")
+    app = build(_settings())
+    try:
+        live = app.rollouts.start(
+            source, filename=str(plan_file), actor=_actor(actor), reason=reason
+        )
+    except SpecError as exc:
+        raise _problems(exc, plan_file, False) from None
+    finally:
+        app.close()
+    out.print(
+        f"rollout {live.name} started: stage {live.stage.name} enrols "
+        f"{live.stage.share:g}% of eligible {live.plan.workflow} cases",
+        soft_wrap=True,
+    )
+
+
+def _decide(action: str, name: str, reason: str, actor: str | None) -> None:
+    app = build(_settings())
+    try:
+        rollouts = app.rollouts
+        take = {"promote": rollouts.promote, "hold": rollouts.hold, "halt": rollouts.halt,
+                "resume": rollouts.resume}[action]  # fmt: skip
+        live = take(name, actor=_actor(actor), reason=reason)
+    finally:
+        app.close()
+    out.print(f"rollout {name}: {action} recorded; now {live.state} at stage {live.stage.name}")
+
+
+@rollout_cli.command("promote")
+def rollout_promote(
+    name: str,
+    reason: Annotated[str, typer.Option(help="why (recorded with the decision)")],
+    actor: Annotated[str | None, typer.Option(help="who (default: $USER)")] = None,
+) -> None:
+    """Move to the next stage: only when every gate and minimum passes and no guardrail broke."""
+    _decide("promote", name, reason, actor)
+
+
+@rollout_cli.command("hold")
+def rollout_hold(
+    name: str,
+    reason: Annotated[str, typer.Option(help="why (recorded with the decision)")],
+    actor: Annotated[str | None, typer.Option(help="who (default: $USER)")] = None,
+) -> None:
+    """Stop automatic promotion; the stage goes on enrolling."""
+    _decide("hold", name, reason, actor)
+
+
+@rollout_cli.command("halt")
+def rollout_halt(
+    name: str,
+    reason: Annotated[str, typer.Option(help="why (recorded with the decision)")],
+    actor: Annotated[str | None, typer.Option(help="who (default: $USER)")] = None,
+) -> None:
+    """Stop new enrolments at once: new cases are left out, as business as usual."""
+    _decide("halt", name, reason, actor)
+
+
+@rollout_cli.command("resume")
+def rollout_resume(
+    name: str,
+    reason: Annotated[str, typer.Option(help="why (recorded with the decision)")],
+    actor: Annotated[str | None, typer.Option(help="who (default: $USER)")] = None,
+) -> None:
+    """Run a held or halted rollout again."""
+    _decide("resume", name, reason, actor)
+
+
 @rollout_cli.command("validate")
 def rollout_validate(file: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Check a rollout plan; print its stages with each arm's sample, or every problem (exit 2)."""
@@ -337,9 +420,76 @@ def rollout_validate(file: Path, as_json: Annotated[bool, typer.Option("--json")
     out.print(f"guardrails (halt at once): {rails or 'none'}")
 
 
+ROLLOUT_TICK_SECONDS = 60.0  # how often `closeloop work` takes the rollouts' automatic decisions
+
+
+def _live_status(name: str, as_json: bool) -> None:
+    """A started rollout: its state, the current stage's gate table and its decisions."""
+    app = build(_settings())
+    try:
+        live = app.rollouts.get(name)
+        verdict = app.rollouts.verdict(live)
+        decisions = app.rollouts.decisions(name)
+    finally:
+        app.close()
+    rows: list[dict[str, Any]] = [
+        {"criterion": c.criterion, "value": c.value,
+         "interval": list(c.interval) if c.interval else None, "passed": c.passed}
+        for c in verdict.gates + verdict.minimums
+    ]  # fmt: skip
+    report = {
+        "rollout": name,
+        "state": live.state,
+        "stage": live.stage.name,
+        "share": live.stage.share,
+        "stage_started_at": live.stage_started_at.isoformat(),
+        "gates": rows,
+        "breaches": list(verdict.breaches),
+        "promotable": verdict.promotable,
+        "decisions": [
+            {
+                "at": d["at"].isoformat(),
+                "action": d["action"],
+                "stage": d["stage"],
+                "actor": d["actor"],
+                "reason": d["reason"],
+            }
+            for d in decisions
+        ],
+    }
+    if as_json:
+        print(json.dumps(report))
+        return
+    out.print(
+        f"rollout {name}: {live.state}, stage {live.stage.name} ({live.stage.share:g}%) "
+        f"since {live.stage_started_at:%Y-%m-%d %H:%M}",
+        soft_wrap=True,
+    )
+    table = Table("criterion", "value", "interval", "")
+    for row in rows:
+        value = "-" if row["value"] is None else f"{row['value']:.4g}"
+        interval = "" if row["interval"] is None else (
+            f"{row['interval'][0]:.2%} to {row['interval'][1]:.2%}"
+        )  # fmt: skip
+        table.add_row(row["criterion"], value, interval,
+                      {True: "pass", False: "FAIL", None: "no data"}[row["passed"]])  # fmt: skip
+    out.print(table)
+    for breach in verdict.breaches:
+        out.print(f"guardrail broken: {breach}", markup=False, highlight=False)
+    log_table = Table("when", "decision", "stage", "who", "why")
+    for d in decisions:
+        log_table.add_row(
+            f"{d['at']:%Y-%m-%d %H:%M}", d["action"], d["stage"], d["actor"], d["reason"]
+        )
+    out.print(log_table)
+
+
 @rollout_cli.command("status")
 def rollout_status(
-    plan_file: Annotated[Path, typer.Option("--plan", help="the rollout plan (YAML)")],
+    name: Annotated[str | None, typer.Argument(help="a started rollout")] = None,
+    plan_file: Annotated[
+        Path | None, typer.Option("--plan", help="or a plan, judged over the cases in a window")
+    ] = None,
     stage_name: Annotated[
         str | None, typer.Option("--stage", help="the stage to judge (default: the first)")
     ] = None,
@@ -355,6 +505,12 @@ def rollout_status(
     from closeloop.rollout.gates import Tally, judge
     from closeloop.rollout.plan import load_plan_file
 
+    if (name is None) == (plan_file is None):
+        raise InputError("give a started rollout's NAME, or --plan FILE")
+    if name is not None:
+        _live_status(name, as_json)
+        return
+    assert plan_file is not None
     try:
         plan = load_plan_file(plan_file)
     except SpecError as exc:
@@ -618,9 +774,15 @@ def work(
             app.close()
             raise InputError(f"--metrics-port {metrics_port}: {exc.strerror or exc}") from exc
     settle_heap()
+    ticked = 0.0
     try:
         while True:
             done = app.work()
+            if once or time.monotonic() - ticked >= ROLLOUT_TICK_SECONDS:
+                # Rollouts: a broken guardrail halts at once; passing gates promote if automatic.
+                for taken in app.rollouts.tick():
+                    structlog.get_logger().info("rollout_decision", decision=taken)
+                ticked = time.monotonic()
             if once:
                 out.print(f"{done} item(s) processed")
                 return

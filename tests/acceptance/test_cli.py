@@ -305,3 +305,28 @@ def test_rollout_status_reads_the_gate_table_from_a_run(workdir: Path) -> None:
         unknown.returncode == 2
         and "has no stage 'moon' (pilot, quarter, everyone)" in unknown.stderr
     )
+
+
+def test_rollout_start_status_halt_resume_from_the_command_line(workdir: Path) -> None:
+    plan = ROOT / "examples" / "rollouts" / "failed_payment.yaml"
+    run("db", "upgrade", cwd=workdir)
+    started = run("rollout", "start", str(plan), "--reason", "risk signed off", "--actor", "ana",
+                  cwd=workdir)  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    assert "stage pilot enrols 5% of eligible failed_payment cases" in started.stdout
+    refused = run("rollout", "promote", "failed_payment_rollout", "--reason", "eager", cwd=workdir)
+    assert refused.returncode == 2 and "may not be promoted" in refused.stderr
+    halted = run("rollout", "halt", "failed_payment_rollout", "--reason", "branch complaint",
+                 "--actor", "ana", cwd=workdir)  # fmt: skip
+    assert halted.returncode == 0 and "now halted at stage pilot" in halted.stdout
+    assert run("rollout", "resume", "failed_payment_rollout", "--reason", "answered",
+               cwd=workdir).returncode == 0  # fmt: skip
+    status = json.loads(run("rollout", "status", "failed_payment_rollout", "--json",
+                            cwd=workdir).stdout)  # fmt: skip
+    assert status["state"] == "running" and status["stage"] == "pilot"
+    assert [(d["action"], d["actor"]) for d in status["decisions"]][:2] == [
+        ("start", "ana"), ("halt", "ana")
+    ]  # fmt: skip
+    assert status["gates"][0]["passed"] is None  # no cases yet
+    missing = run("rollout", "status", "nowhere", cwd=workdir)
+    assert missing.returncode == 2 and "no rollout 'nowhere'" in missing.stderr

@@ -15,6 +15,7 @@ from closeloop.app.dispatch import Dispatcher, RetryPolicy
 from closeloop.app.documents import CommandScanner, Documents, EicarScanner
 from closeloop.app.inbound import Inbound, Program
 from closeloop.app.pacing import Pace
+from closeloop.app.rollouts import Rollouts
 from closeloop.app.runtime import Runtime, Workflows
 from closeloop.app.service import CustomerService
 from closeloop.app.sessions import Sessions
@@ -53,6 +54,7 @@ class App:
     telemetry: Telemetry
     sessions: Sessions
     documents: Documents
+    rollouts: Rollouts
 
     def work(self, limit: int | None = None) -> int:
         """Run due timers, messages and writebacks until nothing is due now."""
@@ -167,12 +169,14 @@ def build(
         else:
             core = load_plugin(mapping)
     workflows = Workflows(load_spec_file(path) for path in settings.workflows)
+    rollouts = Rollouts(store, clock)
     runtime = Runtime(
         store=store,
         workflows=workflows,
         connector=core,
         clock=clock,
         cohort_percent=settings.cohort_percent,
+        rollouts=rollouts,
     )
     runtime.register_workflows()
     lifetime = timedelta(hours=settings.link_lifetime_hours)
@@ -271,6 +275,7 @@ def build(
         inbound=inbound,
         telemetry=telemetry,
         sessions=Sessions(store, clock),
+        rollouts=rollouts,
         documents=Documents(
             store,
             clock,

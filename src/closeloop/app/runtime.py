@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from closeloop import rollout
+from closeloop.app.rollouts import Live, Rollouts
 from closeloop.clock import Clock
 from closeloop.connectors import Account, Connector
 from closeloop.engine import (
@@ -80,12 +81,14 @@ class Runtime:
         connector: Connector,
         clock: Clock,
         cohort_percent: float = 100.0,
+        rollouts: Rollouts | None = None,
     ) -> None:
         self.store = store
         self.workflows = workflows
         self.connector = connector
         self.clock = clock
-        self.cohort_percent = cohort_percent
+        self.cohort_percent = cohort_percent  # when no rollout of the workflow is live
+        self.rollouts = rollouts
 
     def register_workflows(self) -> None:
         """Record each loaded spec version so cases can always find theirs."""
@@ -160,6 +163,8 @@ class Runtime:
         plans = [(t, *self._plan(t)) for t in triggers]
         with self.store.read() as tx:
             seen = tx.cases_by_triggers([t.id for t, c, _ in plans if c is not None])
+            names = {c.spec.workflow for _, c, _ in plans if c is not None}
+            lives = {n: self.rollouts.live_for(tx, n) for n in names} if self.rollouts else {}
         accounts: dict[str, Account | OperationalError | None] = {}
         for trigger, compiled, data in plans:
             if compiled is None or trigger.id in seen:
@@ -201,7 +206,8 @@ class Runtime:
                         )
                     )
                     continue
-                decision = self._open(compiled, trigger, data, account)
+                live = lives.get(compiled.spec.workflow)
+                decision = self._open(compiled, trigger, data, account, live)
                 pending[trigger.id] = decision.case.id
                 batch.append(
                     Applied(decision=decision, dedupe_key=f"trigger:{trigger.id}", new=True)
@@ -223,6 +229,7 @@ class Runtime:
         trigger: TriggerIn,
         data: dict[str, Any],
         account: Account | None,
+        live: Live | None = None,
     ) -> Decision:
         spec, now = compiled.spec, self.clock.now()
         account_id = str(data[spec.trigger.key])
@@ -256,14 +263,13 @@ class Runtime:
             opened_at=now,
             updated_at=now,
         )
-        group = spec.workflow
-        enrolled = rollout.in_cohort(group, account_id, self.cohort_percent)
-        event = Opened(
-            enrolled=enrolled,
-            cohort="enrolled" if enrolled else "control",
-            actor="backend",
-            key=f"trigger:{trigger.id}",
-        )
+        if live is not None:  # a rollout decides: its stage's segment, share and arms
+            enrolled, cohort = Rollouts.enrolment(live, account_id, facts)
+        else:
+            enrolled = rollout.in_cohort(spec.workflow, account_id, self.cohort_percent)
+            cohort = "enrolled" if enrolled else "control"
+        event = Opened(enrolled=enrolled, cohort=cohort, actor="backend",
+                       key=f"trigger:{trigger.id}")  # fmt: skip
         return step(case, event, compiled, now)
 
     def _close_elsewhere(self, tx: Tx, trigger: TriggerIn) -> IntakeResult:

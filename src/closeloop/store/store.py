@@ -44,6 +44,8 @@ from closeloop.store.tables import (
     miniapp_sessions,
     one_time_codes,
     outbox,
+    rollout_decisions,
+    rollouts,
     timers,
     unsubscribe_tokens,
     webhook_rejections,
@@ -193,6 +195,16 @@ class Tx:
 
     def workflow_source(self, key: str) -> str | None:
         stmt = sa.select(workflows.c.source).where(workflows.c.key == key)
+        return self.c.execute(stmt).scalar_one_or_none()
+
+    def workflow_source_by_name(self, workflow: str) -> str | None:
+        """The source of the newest version registered under this workflow's name."""
+        stmt = (
+            sa.select(workflows.c.source)
+            .where(workflows.c.workflow == workflow)
+            .order_by(workflows.c.version.desc())
+            .limit(1)
+        )
         return self.c.execute(stmt).scalar_one_or_none()
 
     # -- cases -------------------------------------------------------------
@@ -487,6 +499,40 @@ class Tx:
             )
             idle += [r[0] for r in self.c.execute(stmt)]
         return sorted(idle)
+
+    # -- rollouts -------------------------------------------------------------
+    def save_rollout(self, row: dict[str, Any]) -> None:
+        self.c.execute(rollouts.insert(), row)
+
+    def rollout(self, name: str) -> dict[str, Any] | None:
+        row = self.c.execute(sa.select(rollouts).where(rollouts.c.name == name)).first()
+        return dict(row._mapping) if row else None
+
+    def live_rollout(self, workflow: str) -> dict[str, Any] | None:
+        """The workflow's rollout that is not completed, if there is one."""
+        stmt = sa.select(rollouts).where(
+            rollouts.c.workflow == workflow, rollouts.c.state != "completed"
+        )
+        row = self.c.execute(stmt).first()
+        return dict(row._mapping) if row else None
+
+    def live_rollouts(self) -> list[dict[str, Any]]:
+        stmt = sa.select(rollouts).where(rollouts.c.state != "completed").order_by(rollouts.c.name)
+        return [dict(r._mapping) for r in self.c.execute(stmt)]
+
+    def update_rollout(self, name: str, **values: Any) -> None:
+        self.c.execute(rollouts.update().where(rollouts.c.name == name).values(**values))
+
+    def record_rollout_decision(self, row: dict[str, Any]) -> None:
+        self.c.execute(rollout_decisions.insert(), row)
+
+    def rollout_decisions(self, name: str) -> list[dict[str, Any]]:
+        stmt = (
+            sa.select(rollout_decisions)
+            .where(rollout_decisions.c.rollout == name)
+            .order_by(rollout_decisions.c.id)
+        )
+        return [dict(r._mapping) for r in self.c.execute(stmt)]
 
     def opened_between(self, workflow: str) -> tuple[datetime | None, datetime | None]:
         """When the workflow's first and last cases were opened."""

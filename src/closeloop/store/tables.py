@@ -160,6 +160,34 @@ connector_log = sa.Table(  # a connector's breaker opening or closing, with why
     sa.Column("detail", sa.Text, nullable=False),
 )
 
+rollouts = sa.Table(  # a rollout the controller runs: its plan, stage and state
+    "rollouts",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("workflow", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("plan", sa.Text, nullable=False),
+    sa.Column("stage", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # running | held | halted | completed
+    sa.Column("stage_started_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_rollouts_workflow", "workflow", "state"),
+)
+
+rollout_decisions = sa.Table(  # start, promote, hold, halt, resume: who, why, on what data
+    "rollout_decisions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("rollout", sa.String(64), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("stage", sa.String(64), nullable=False),
+    sa.Column("actor", sa.String(120), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("data", JSONType, nullable=False),
+    sa.Index("ix_rollout_decisions_rollout", "rollout", "id"),
+)
+
 miniapp_sessions = sa.Table(
     "miniapp_sessions",
     metadata,

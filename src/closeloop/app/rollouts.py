@@ -1,0 +1,281 @@
+"""The rollout controller: runs a plan stage by stage, and records every decision.
+
+A rollout is started from its plan and is then *running*, *held* (no
+automatic promotion; enrolment goes on), *halted* (no new enrolments: new
+cases are left out as business as usual) or *completed* (its last stage was
+promoted past: everyone is enrolled). Each decision (start, promote, hold,
+halt, resume) is recorded with who or what took it, why, and the gate table
+it was based on. `tick` is the automatic part: a broken guardrail halts the
+rollout at once, and with `promotion: automatic` a stage whose gates pass
+is promoted.
+
+While a rollout is live, the runtime asks `enrolment` which cohort a new
+case belongs to: outside the stage's segment, not in the stage's share, or
+enrolled (in an experiment's arm when the stage has one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from closeloop.clock import Clock
+from closeloop.errors import InputError, NotFound, StateError
+from closeloop.rollout import arm, in_cohort
+from closeloop.rollout.gates import Tally, Verdict, judge
+from closeloop.rollout.plan import RolloutPlan, Stage, load_plan
+from closeloop.spec.rules import ACCOUNT_FIELDS, CompiledRule, compile_rule
+from closeloop.store import Store, Tx
+
+LIVE = ("running", "held", "halted")
+CONTROL, OUTSIDE, ENROLLED = "control", "outside", "enrolled"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Live:
+    """A live rollout as the runtime and the CLI need it."""
+
+    name: str
+    plan: RolloutPlan
+    stage_index: int
+    state: str
+    stage_started_at: datetime
+    segment: CompiledRule | None
+
+    @property
+    def stage(self) -> Stage:
+        return self.plan.stages[self.stage_index]
+
+
+class Rollouts:
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self._segments: dict[tuple[str, int, int], CompiledRule | None] = {}
+
+    # -- reading ------------------------------------------------------------------------
+    def _live(self, row: dict[str, Any]) -> Live:
+        plan = load_plan(row["plan"], filename=row["name"])
+        key = (row["name"], row["version"], row["stage"])
+        if key not in self._segments:
+            segment = plan.stages[row["stage"]].segment
+            self._segments[key] = (
+                compile_rule("segment", segment, variables={"account": ACCOUNT_FIELDS})
+                if segment
+                else None
+            )
+        return Live(
+            name=row["name"],
+            plan=plan,
+            stage_index=row["stage"],
+            state=row["state"],
+            stage_started_at=row["stage_started_at"],
+            segment=self._segments[key],
+        )
+
+    def live_for(self, tx: Tx, workflow: str) -> Live | None:
+        row = tx.live_rollout(workflow)
+        return self._live(row) if row else None
+
+    def get(self, name: str) -> Live:
+        with self.store.read() as tx:
+            row = tx.rollout(name)
+        if row is None:
+            raise NotFound(f"no rollout {name!r}")
+        if row["state"] == "completed":
+            raise StateError(f"rollout {name} is completed")
+        return self._live(row)
+
+    def decisions(self, name: str) -> list[dict[str, Any]]:
+        with self.store.read() as tx:
+            if tx.rollout(name) is None:
+                raise NotFound(f"no rollout {name!r}")
+            return tx.rollout_decisions(name)
+
+    def verdict(self, live: Live) -> Verdict:
+        """The current stage's gate table, over the cases opened since the stage began."""
+        now = self.clock.now()
+        with self.store.read() as tx:  # up to and including now
+            tallies = tx.rollout_tallies(
+                live.plan.workflow, live.stage_started_at, now + timedelta(microseconds=1)
+            )
+        control = Tally(**tallies.pop(CONTROL, {}))
+        tallies.pop(OUTSIDE, None)
+        arms = {name: Tally(**counts) for name, counts in tallies.items()}
+        enrolled = _sum(arms.values())
+        named = {a.name for a in live.stage.experiment.arms} if live.stage.experiment else set()
+        return judge(
+            live.plan,
+            live.stage,
+            enrolled=enrolled,
+            control=control,
+            arms={k: v for k, v in arms.items() if k in named},
+            elapsed=now - live.stage_started_at,
+        )
+
+    # -- enrolment ----------------------------------------------------------------------
+    @staticmethod
+    def enrolment(live: Live, account_id: str, facts: dict[str, Any]) -> tuple[bool, str]:
+        """Whether a new case of this account is enrolled, and its cohort (or arm)."""
+        if live.segment is not None and not live.segment.evaluate({"account": facts}):
+            return False, OUTSIDE
+        if live.state == "halted" or not in_cohort(
+            live.plan.workflow, account_id, live.stage.share
+        ):
+            return False, CONTROL
+        experiment = live.stage.experiment
+        if experiment is None:
+            return True, ENROLLED
+        group = f"{live.plan.rollout}:{experiment.name}"
+        return True, arm(group, account_id, [(a.name, a.weight) for a in experiment.arms])
+
+    # -- decisions ----------------------------------------------------------------------
+    def start(self, source: str, *, filename: str, actor: str, reason: str) -> Live:
+        plan = load_plan(source, filename=filename)
+        now = self.clock.now()
+        with self.store.transaction() as tx:
+            if tx.rollout(plan.rollout) is not None:
+                raise StateError(f"rollout {plan.rollout} was started before")
+            other = tx.live_rollout(plan.workflow)
+            if other is not None:
+                raise StateError(
+                    f"workflow {plan.workflow} is already being rolled out by {other['name']}"
+                )
+            if tx.workflow_source_by_name(plan.workflow) is None:
+                raise InputError(f"{filename}: workflow {plan.workflow!r} is not loaded")
+            tx.save_rollout(
+                {
+                    "name": plan.rollout,
+                    "workflow": plan.workflow,
+                    "version": plan.version,
+                    "plan": source,
+                    "stage": 0,
+                    "state": "running",
+                    "stage_started_at": now,
+                    "updated_at": now,
+                }
+            )
+            self._record(tx, plan.rollout, "start", plan.stages[0].name, actor, reason, {}, now)
+        return self.get(plan.rollout)
+
+    def promote(self, name: str, *, actor: str, reason: str) -> Live:
+        """To the next stage (or completed after the last), only when the stage may be."""
+        live = self.get(name)
+        if live.state == "halted":
+            raise StateError(f"rollout {name} is halted: resume it first")
+        verdict = self.verdict(live)
+        if not verdict.promotable:
+            failing = [
+                c.criterion + (" (no data yet)" if c.passed is None else "")
+                for c in verdict.gates + verdict.minimums
+                if not c.passed
+            ]
+            failing += [f"guardrail: {b}" for b in verdict.breaches]
+            raise StateError(f"stage {live.stage.name} may not be promoted: {'; '.join(failing)}")
+        now = self.clock.now()
+        last = live.stage_index + 1 == len(live.plan.stages)
+        with self.store.transaction() as tx:
+            if last:
+                tx.update_rollout(name, state="completed", updated_at=now)
+            else:
+                tx.update_rollout(
+                    name, stage=live.stage_index + 1, stage_started_at=now, updated_at=now
+                )
+            self._record(tx, name, "promote", live.stage.name, actor, reason, _data(verdict), now)
+        return live if last else self.get(name)
+
+    def hold(self, name: str, *, actor: str, reason: str) -> Live:
+        return self._move(name, "hold", "held", ("running",), actor, reason)
+
+    def halt(self, name: str, *, actor: str, reason: str) -> Live:
+        return self._move(name, "halt", "halted", ("running", "held"), actor, reason)
+
+    def resume(self, name: str, *, actor: str, reason: str) -> Live:
+        return self._move(name, "resume", "running", ("held", "halted"), actor, reason)
+
+    def tick(self) -> list[str]:
+        """The automatic decisions: halt on a broken guardrail; promote when allowed."""
+        taken = []
+        with self.store.read() as tx:
+            rows = tx.live_rollouts()
+        for row in rows:
+            live = self._live(row)
+            if live.state == "halted":
+                continue
+            verdict = self.verdict(live)
+            if verdict.breaches:
+                self.halt(live.name, actor="guardrail", reason="; ".join(verdict.breaches))
+                taken.append(f"{live.name}: halted")
+            elif (
+                live.state == "running"
+                and live.plan.promotion == "automatic"
+                and verdict.promotable
+            ):
+                self.promote(live.name, actor="controller", reason="every gate passed")
+                taken.append(f"{live.name}: promoted from {live.stage.name}")
+        return taken
+
+    def _move(
+        self, name: str, action: str, to: str, allowed: tuple[str, ...], actor: str, reason: str
+    ) -> Live:
+        live = self.get(name)
+        if live.state not in allowed:
+            raise StateError(f"rollout {name} is {live.state}: it cannot be {to} now")
+        if not reason.strip():
+            raise InputError("say why (--reason): every decision is recorded with its reason")
+        verdict = self.verdict(live)
+        now = self.clock.now()
+        with self.store.transaction() as tx:
+            tx.update_rollout(name, state=to, updated_at=now)
+            self._record(tx, name, action, live.stage.name, actor, reason, _data(verdict), now)
+        return self.get(name)
+
+    @staticmethod
+    def _record(
+        tx: Tx,
+        name: str,
+        action: str,
+        stage: str,
+        actor: str,
+        reason: str,
+        data: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        tx.record_rollout_decision(
+            {
+                "rollout": name,
+                "at": now,
+                "action": action,
+                "stage": stage,
+                "actor": actor,
+                "reason": reason,
+                "data": data,
+            }
+        )
+
+
+def _sum(tallies: Any) -> Tally:
+    fields = Tally.__dataclass_fields__
+    total = dict.fromkeys(fields, 0)
+    for t in tallies:
+        for f in fields:
+            total[f] += getattr(t, f)
+    return Tally(**total)
+
+
+def _data(verdict: Verdict) -> dict[str, Any]:
+    """The gate table a decision was based on, as it is recorded."""
+    return {
+        "gates": [
+            {
+                "criterion": g.criterion,
+                "value": g.value,
+                "interval": list(g.interval) if g.interval else None,
+                "passed": g.passed,
+            }
+            for g in verdict.gates + verdict.minimums
+        ],
+        "breaches": list(verdict.breaches),
+        "promotable": verdict.promotable,
+    }

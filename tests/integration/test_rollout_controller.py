@@ -1,0 +1,116 @@
+"""The rollout controller: enrolment by the live stage, decisions recorded, halts and promotion."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from closeloop.app import App, Settings, build
+from closeloop.clock import SimClock
+from closeloop.errors import StateError
+from tests.conftest import EXAMPLE, NOW
+from tests.integration.test_runtime import ACCOUNT, trigger
+
+ACCOUNTS = [f"A{i}" for i in range(1200)]
+PLAN = """
+rollout: pilot_rollout
+version: 1
+workflow: failed_payment
+promotion: {promotion}
+stages:
+  - name: pilot
+    share: 5
+    min_duration: 1d
+    experiment:
+      name: first_channel
+      arms: [{{name: email_first, weight: 1}}, {{name: sms_first, weight: 1}}]
+      hypothesis: {{baseline: 0.4, minimum_detectable_effect: 0.5}}
+    gates:
+      - {{metric: exception_rate, at_most: 0.5}}
+  - name: everyone
+    share: 100
+guardrails:
+  - {{metric: opt_out_rate, above: 0.2}}
+"""
+
+
+@pytest.fixture
+def app(database_url: str, tmp_path: Path) -> Iterator[App]:
+    settings = Settings(data_dir=tmp_path, database_url=database_url, workflows=[EXAMPLE])
+    built = build(settings, clock=SimClock(NOW))
+    built.ledger.add_accounts([{**ACCOUNT, "account_id": a} for a in ACCOUNTS])
+    yield built
+    built.close()
+
+
+def open_cases(app: App, tag: str) -> Counter[str]:
+    results = app.runtime.intake([trigger(f"{tag}-{a}", a) for a in ACCOUNTS])
+    return Counter(app.runtime.case(r.case_id).cohort for r in results if r.case_id)
+
+
+def test_the_live_stage_enrols_its_share_into_arms_and_promotes_on_its_gates(app: App) -> None:
+    app.rollouts.start(PLAN.format(promotion="approval"), filename="plan.yaml",
+                       actor="ops@bank", reason="pilot approved by risk")  # fmt: skip
+    cohorts = open_cases(app, "t1")
+    enrolled = cohorts["email_first"] + cohorts["sms_first"]
+    assert 30 <= enrolled <= 100 and cohorts["control"] == len(ACCOUNTS) - enrolled
+    assert cohorts["email_first"] >= 13 and cohorts["sms_first"] >= 13  # 13 needed per arm
+    with pytest.raises(StateError, match="may not be promoted: at least 1 days in the stage"):
+        app.rollouts.promote("pilot_rollout", actor="ops@bank", reason="looks fine")
+    clock = app.clock
+    assert isinstance(clock, SimClock)
+    clock.advance(timedelta(days=2))
+    assert not app.rollouts.tick()  # under approval nothing is promoted by itself
+    app.rollouts.promote("pilot_rollout", actor="ops@bank", reason="gates passed, risk agrees")
+    live = app.rollouts.get("pilot_rollout")
+    assert live.stage.name == "everyone" and live.stage_started_at == clock.now()
+    assert set(open_cases(app, "t5")) == {"enrolled"}  # everyone, no experiment
+    clock.advance(timedelta(days=8))
+    app.rollouts.promote("pilot_rollout", actor="ops@bank", reason="done")
+    with pytest.raises(StateError, match="is completed"):
+        app.rollouts.get("pilot_rollout")
+    (promoted, *_) = [d for d in app.rollouts.decisions("pilot_rollout")
+                      if d["action"] == "promote"]  # fmt: skip
+    assert promoted["stage"] == "pilot" and promoted["data"]["promotable"] is True
+
+
+def test_halt_stops_enrolment_and_every_decision_is_recorded(app: App) -> None:
+    app.rollouts.start(PLAN.format(promotion="approval"), filename="plan.yaml",
+                       actor="ops@bank", reason="go")  # fmt: skip
+    app.rollouts.hold("pilot_rollout", actor="ops@bank", reason="waiting for the weekend")
+    app.rollouts.halt("pilot_rollout", actor="ops@bank", reason="complaint from a branch")
+    cohorts = open_cases(app, "t2")
+    assert set(cohorts) == {"control"}  # no new enrolments while halted
+    with pytest.raises(StateError, match="halted: resume it first"):
+        app.rollouts.promote("pilot_rollout", actor="ops@bank", reason="x")
+    app.rollouts.resume("pilot_rollout", actor="ops@bank", reason="branch answered")
+    assert "email_first" in open_cases(app, "t3")
+    log = app.rollouts.decisions("pilot_rollout")
+    assert [(d["action"], d["actor"], d["reason"]) for d in log] == [
+        ("start", "ops@bank", "go"),
+        ("hold", "ops@bank", "waiting for the weekend"),
+        ("halt", "ops@bank", "complaint from a branch"),
+        ("resume", "ops@bank", "branch answered"),
+    ]
+    assert log[2]["data"]["gates"][0]["criterion"] == "exception_rate <= 50.00%"
+    with pytest.raises(StateError, match="was started before"):
+        app.rollouts.start(PLAN.format(promotion="approval"), filename="plan.yaml",
+                           actor="ops@bank", reason="again")  # fmt: skip
+
+
+def test_a_guardrail_halts_by_itself_and_automatic_promotion_moves_on(app: App) -> None:
+    app.rollouts.start(PLAN.format(promotion="automatic"), filename="plan.yaml",
+                       actor="ops@bank", reason="go")  # fmt: skip
+    results = app.runtime.intake([trigger(f"t4-{a}", a) for a in ACCOUNTS])
+    enrolled = [r.case_id for r in results
+                if r.case_id and app.runtime.case(r.case_id).cohort != "control"]  # fmt: skip
+    for case_id in enrolled[: len(enrolled) // 2]:  # half of them opt out: over 20%
+        app.service.opt_out(case_id, "sms", key=f"stop-{case_id}")
+    assert app.rollouts.tick() == ["pilot_rollout: halted"]
+    (halt,) = [d for d in app.rollouts.decisions("pilot_rollout") if d["action"] == "halt"]
+    assert halt["actor"] == "guardrail" and halt["reason"].startswith("opt_out_rate: ")
+    assert app.rollouts.get("pilot_rollout").state == "halted"
