@@ -427,60 +427,30 @@ def _live_status(name: str, as_json: bool) -> None:
     """A started rollout: its state, the current stage's gate table and its decisions."""
     app = build(_settings())
     try:
-        live = app.rollouts.get(name)
-        verdict = app.rollouts.verdict(live)
-        decisions = app.rollouts.decisions(name)
+        report = app.rollouts.report(name)
     finally:
         app.close()
-    rows: list[dict[str, Any]] = [
-        {"criterion": c.criterion, "value": c.value,
-         "interval": list(c.interval) if c.interval else None, "passed": c.passed}
-        for c in verdict.gates + verdict.minimums
-    ]  # fmt: skip
-    report = {
-        "rollout": name,
-        "state": live.state,
-        "stage": live.stage.name,
-        "share": live.stage.share,
-        "stage_started_at": live.stage_started_at.isoformat(),
-        "gates": rows,
-        "breaches": list(verdict.breaches),
-        "promotable": verdict.promotable,
-        "decisions": [
-            {
-                "at": d["at"].isoformat(),
-                "action": d["action"],
-                "stage": d["stage"],
-                "actor": d["actor"],
-                "reason": d["reason"],
-            }
-            for d in decisions
-        ],
-    }
     if as_json:
         print(json.dumps(report))
         return
     out.print(
-        f"rollout {name}: {live.state}, stage {live.stage.name} ({live.stage.share:g}%) "
-        f"since {live.stage_started_at:%Y-%m-%d %H:%M}",
+        f"rollout {name}: {report['state']}, stage {report['stage']} ({report['share']:g}%) "
+        f"since {report['stage_started_at'][:16]}",
         soft_wrap=True,
     )
     table = Table("criterion", "value", "interval", "")
-    for row in rows:
+    for row in report["gates"]:
         value = "-" if row["value"] is None else f"{row['value']:.4g}"
-        interval = "" if row["interval"] is None else (
-            f"{row['interval'][0]:.2%} to {row['interval'][1]:.2%}"
-        )  # fmt: skip
-        table.add_row(row["criterion"], value, interval,
-                      {True: "pass", False: "FAIL", None: "no data"}[row["passed"]])  # fmt: skip
+        low_high = row["interval"]
+        interval = f"{low_high[0]:.2%} to {low_high[1]:.2%}" if low_high else ""
+        verdict = {True: "pass", False: "FAIL", None: "no data"}[row["passed"]]
+        table.add_row(row["criterion"], value, interval, verdict)
     out.print(table)
-    for breach in verdict.breaches:
+    for breach in report["breaches"]:
         out.print(f"guardrail broken: {breach}", markup=False, highlight=False)
     log_table = Table("when", "decision", "stage", "who", "why")
-    for d in decisions:
-        log_table.add_row(
-            f"{d['at']:%Y-%m-%d %H:%M}", d["action"], d["stage"], d["actor"], d["reason"]
-        )
+    for d in report["decisions"]:
+        log_table.add_row(d["at"][:16], d["action"], d["stage"], d["actor"], d["reason"])
     out.print(log_table)
 
 

@@ -8,10 +8,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from closeloop.app import App, Settings, build
 from closeloop.clock import SimClock
 from closeloop.errors import StateError
+from closeloop.web import create_api
 from tests.conftest import EXAMPLE, NOW
 from tests.integration.test_runtime import ACCOUNT, trigger
 
@@ -70,7 +72,8 @@ def test_the_live_stage_enrols_its_share_into_arms_and_promotes_on_its_gates(app
     assert live.stage.name == "everyone" and live.stage_started_at == clock.now()
     assert set(open_cases(app, "t5")) == {"enrolled"}  # everyone, no experiment
     clock.advance(timedelta(days=8))
-    app.rollouts.promote("pilot_rollout", actor="ops@bank", reason="done")
+    done = app.rollouts.promote("pilot_rollout", actor="ops@bank", reason="done")
+    assert done.state == "completed"
     with pytest.raises(StateError, match="is completed"):
         app.rollouts.get("pilot_rollout")
     (promoted, *_) = [d for d in app.rollouts.decisions("pilot_rollout")
@@ -114,3 +117,23 @@ def test_a_guardrail_halts_by_itself_and_automatic_promotion_moves_on(app: App) 
     (halt,) = [d for d in app.rollouts.decisions("pilot_rollout") if d["action"] == "halt"]
     assert halt["actor"] == "guardrail" and halt["reason"].startswith("opt_out_rate: ")
     assert app.rollouts.get("pilot_rollout").state == "halted"
+
+
+def test_the_same_decisions_over_the_api(app: App) -> None:
+    client = TestClient(create_api(app))
+    app.rollouts.start(PLAN.format(promotion="approval"), filename="plan.yaml",
+                       actor="ops@bank", reason="go")  # fmt: skip
+    status = client.get("/v1/rollouts/pilot_rollout")
+    assert status.status_code == 200 and status.json()["state"] == "running"
+    assert status.json()["decisions"][0]["action"] == "start"
+    early = client.post("/v1/rollouts/pilot_rollout/promote", json={"reason": "x", "actor": "ana"})
+    assert early.status_code == 409 and "may not be promoted" in early.json()["detail"]
+    unsaid = client.post("/v1/rollouts/pilot_rollout/halt", json={"actor": "ana"})
+    assert unsaid.status_code == 422
+    halted = client.post(
+        "/v1/rollouts/pilot_rollout/halt", json={"reason": "branch complaint", "actor": "ana"}
+    )
+    assert halted.status_code == 200 and halted.json()["state"] == "halted"
+    assert client.get("/v1/rollouts/nowhere").status_code == 404
+    wrong = client.post("/v1/rollouts/pilot_rollout/explode", json={"reason": "x", "actor": "a"})
+    assert wrong.status_code == 422

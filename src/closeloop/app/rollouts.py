@@ -16,7 +16,7 @@ enrolled (in an experiment's arm when the stage has one).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -114,6 +114,30 @@ class Rollouts:
             elapsed=now - live.stage_started_at,
         )
 
+    def report(self, name: str) -> dict[str, Any]:
+        """A live rollout as people and programs read it: state, gate table, decisions."""
+        live = self.get(name)
+        verdict = self.verdict(live)
+        return {
+            "rollout": name,
+            "workflow": live.plan.workflow,
+            "state": live.state,
+            "stage": live.stage.name,
+            "share": live.stage.share,
+            "stage_started_at": live.stage_started_at.isoformat(),
+            **_data(verdict),
+            "decisions": [
+                {
+                    "at": d["at"].isoformat(),
+                    "action": d["action"],
+                    "stage": d["stage"],
+                    "actor": d["actor"],
+                    "reason": d["reason"],
+                }
+                for d in self.decisions(name)
+            ],
+        }
+
     # -- enrolment ----------------------------------------------------------------------
     @staticmethod
     def enrolment(live: Live, account_id: str, facts: dict[str, Any]) -> tuple[bool, str]:
@@ -183,7 +207,7 @@ class Rollouts:
                     name, stage=live.stage_index + 1, stage_started_at=now, updated_at=now
                 )
             self._record(tx, name, "promote", live.stage.name, actor, reason, _data(verdict), now)
-        return live if last else self.get(name)
+        return replace(live, state="completed") if last else self.get(name)
 
     def hold(self, name: str, *, actor: str, reason: str) -> Live:
         return self._move(name, "hold", "held", ("running",), actor, reason)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from closeloop.app import App, TriggerIn
 from closeloop.app.telemetry import CONTENT_TYPE
 from closeloop.errors import NotFound, TriggerError
-from closeloop.web import miniapp, unsubscribe, webhooks
+from closeloop.web import miniapp, rollouts, unsubscribe, webhooks
 from closeloop.web.cards import CardNumberGuard
 
 
@@ -144,6 +144,7 @@ def create_api(app: App) -> FastAPI:
         )
         return encoded
 
+    api.include_router(rollouts.router(app))
     api.include_router(unsubscribe.router(app))
     api.include_router(webhooks.router(app))
     api.include_router(miniapp.router(app))
