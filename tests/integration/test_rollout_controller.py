@@ -8,11 +8,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from closeloop.app import App, Settings, build
 from closeloop.clock import SimClock
 from closeloop.errors import StateError
+from closeloop.store.tables import outbox
 from closeloop.web import create_api
 from tests.conftest import EXAMPLE, NOW
 from tests.integration.test_runtime import ACCOUNT, trigger
@@ -137,3 +139,32 @@ def test_the_same_decisions_over_the_api(app: App) -> None:
     assert client.get("/v1/rollouts/nowhere").status_code == 404
     wrong = client.post("/v1/rollouts/pilot_rollout/explode", json={"reason": "x", "actor": "a"})
     assert wrong.status_code == 422
+
+
+def sent_to(app: App, case_ids: set[str | None]) -> int:
+    with app.store.read() as tx:
+        rows = tx.c.execute(
+            sa.select(outbox.c.case_id).where(outbox.c.kind == "message", outbox.c.status == "done")
+        )
+        return sum(1 for (case_id,) in rows if case_id in case_ids)
+
+
+def test_a_halt_pauses_the_outreach_of_enrolled_cases_until_resumed(app: App) -> None:
+    app.rollouts.start(PLAN.format(promotion="approval"), filename="plan.yaml",
+                       actor="ops@bank", reason="go")  # fmt: skip
+    results = app.runtime.intake([trigger(f"t6-{a}", a) for a in ACCOUNTS[:300]])
+    enrolled = {r.case_id for r in results
+                if r.case_id and app.runtime.case(r.case_id).cohort != "control"}  # fmt: skip
+    assert enrolled
+    app.rollouts.halt("pilot_rollout", actor="ops@bank", reason="complaint")
+    app.dispatcher.send_messages()
+    with app.store.read() as tx:
+        held = tx.contact_decisions()["deferred"]
+    assert held.get("rollout_halted", 0) >= len(enrolled)
+    assert sent_to(app, enrolled) == 0
+    app.rollouts.resume("pilot_rollout", actor="ops@bank", reason="answered")
+    clock = app.clock
+    assert isinstance(clock, SimClock)
+    clock.advance(timedelta(hours=1, minutes=1))
+    app.work()
+    assert sent_to(app, enrolled) >= len(enrolled)

@@ -311,11 +311,26 @@ class Dispatcher:
             if i.payload["channel"] == "whatsapp"
         )
         waiting = tx.waiting_required(accounts) if longest else {}
+        rollouts = self.runtime.rollouts
+        names = {self.runtime.spec_for(c, tx).spec.workflow for c in cases.values()}
+        paused = rollouts.paused(tx, names) if rollouts is not None else set()
         verdicts: dict[int, Verdict] = {}
         for item in claimed:
             case = cases.get(item.case_id)
             if case is None:
                 verdicts[item.id] = Verdict(action="block", reason="no_consent", detail="no case")
+                continue
+            if (
+                paused
+                and case.cohort not in ("control", "outside")
+                and self.runtime.spec_for(case, tx).spec.workflow in paused
+            ):
+                verdicts[item.id] = Verdict(
+                    action="defer",
+                    reason="rollout_halted",
+                    detail="the rollout is halted: its outreach is paused",
+                    at=now + timedelta(hours=1),
+                )
                 continue
             payload = item.payload
             compiled = self.runtime.spec_for(case, tx)

@@ -138,6 +138,19 @@ class Rollouts:
             ],
         }
 
+    def paused(self, tx: Tx, workflows: set[str]) -> set[str]:
+        """Of these workflows, those whose rollout is halted with `on_halt: pause_outreach`."""
+        paused = set()
+        for workflow in workflows:
+            row = tx.live_rollout(workflow)
+            if (
+                row is not None
+                and row["state"] == "halted"
+                and self._live(row).plan.on_halt == "pause_outreach"
+            ):
+                paused.add(workflow)
+        return paused
+
     # -- enrolment ----------------------------------------------------------------------
     @staticmethod
     def enrolment(live: Live, account_id: str, facts: dict[str, Any]) -> tuple[bool, str]:

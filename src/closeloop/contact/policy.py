@@ -39,6 +39,7 @@ Reason = Literal[
     "case_cap",
     "quiet_hours",
     "no_common_hours",
+    "rollout_halted",  # the case's rollout is halted and pauses the outreach of enrolled cases
 ]
 
 
