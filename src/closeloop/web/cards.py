@@ -37,12 +37,32 @@ LARGEST_SCANNED = 2 * 1024 * 1024  # bodies above this are not scanned (nor mult
 log = structlog.get_logger("closeloop.cards")
 
 
+# A providers' identifier (a Twilio SID is two letters and 32 hex digits) holds runs of
+# decimal digits by chance, Luhn-valid about one time in ten: a run inside a long token
+# of hex characters with letters in it is part of an identifier, not a card number.
+_HEX = re.compile(r"[0-9A-Fa-f]+")
+_IDENTIFIER = 24
+
+
+def _in_identifier(text: str, start: int, end: int) -> bool:
+    left = start
+    while left > 0 and text[left - 1] in "0123456789abcdefABCDEF":
+        left -= 1
+    token = _HEX.match(text, left)
+    return (
+        token is not None
+        and token.end() >= end
+        and len(token.group()) >= _IDENTIFIER
+        and not token.group().isdigit()
+    )
+
+
 def _numbers(text: str) -> list[tuple[int, int]]:
     """Where card numbers are in `text` (start, end)."""
     found = []
     for match in _RUN.finditer(text):
         digits = re.sub(r"[ -]", "", match.group())
-        if 13 <= len(digits) <= 19 and luhn(digits):
+        if 13 <= len(digits) <= 19 and luhn(digits) and not _in_identifier(text, *match.span()):
             found.append(match.span())
     return found
 
