@@ -448,6 +448,18 @@ def _live_status(name: str, as_json: bool) -> None:
     out.print(table)
     for breach in report["breaches"]:
         out.print(f"guardrail broken: {breach}", markup=False, highlight=False)
+    if report["arms"]:
+        arms = Table("arm", "cases", "resolved", "against the control (points)", "chance to win")
+        for name, a in report["arms"].items():
+            vs = a.get("versus_control")
+            span = (
+                f"{vs['difference']:+.2%} ({vs['interval'][0]:+.2%} to {vs['interval'][1]:+.2%})"
+                if vs
+                else "no data yet"
+            )
+            win = f"{vs['chance_to_win']:.1%}" if vs else ""
+            arms.add_row(name, f"{a['cases']:,}", f"{a['resolved']:,}", span, win)
+        out.print(arms)
     log_table = Table("when", "decision", "stage", "who", "why")
     for d in report["decisions"]:
         log_table.add_row(d["at"][:16], d["action"], d["stage"], d["actor"], d["reason"])

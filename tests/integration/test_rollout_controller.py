@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from closeloop.app import App, Settings, build
+from closeloop.app import App, Settings, TriggerIn, build
 from closeloop.clock import SimClock
 from closeloop.errors import StateError
 from closeloop.store.tables import outbox
@@ -65,6 +65,14 @@ def test_the_live_stage_enrols_its_share_into_arms_and_promotes_on_its_gates(app
     assert cohorts["email_first"] >= 13 and cohorts["sms_first"] >= 13  # 13 needed per arm
     with pytest.raises(StateError, match="may not be promoted: at least 1 days in the stage"):
         app.rollouts.promote("pilot_rollout", actor="ops@bank", reason="looks fine")
+    app.runtime.intake(  # some of the control pay through another channel
+        [TriggerIn(id=f"paid-{a}", type="payment.posted", data={"account_id": a})
+         for a in ACCOUNTS[::7]]
+    )  # fmt: skip
+    arms = app.rollouts.report("pilot_rollout")["arms"]
+    assert set(arms) == {"email_first", "sms_first"}
+    assert arms["email_first"]["cases"] == cohorts["email_first"]
+    assert arms["email_first"]["versus_control"]["interval"][0] < 0  # few cases: a wide interval
     clock = app.clock
     assert isinstance(clock, SimClock)
     clock.advance(timedelta(days=2))

@@ -26,6 +26,7 @@ from closeloop.rollout import arm, in_cohort
 from closeloop.rollout.gates import Tally, Verdict, judge
 from closeloop.rollout.plan import RolloutPlan, Stage, load_plan
 from closeloop.spec.rules import ACCOUNT_FIELDS, CompiledRule, compile_rule
+from closeloop.stats import Proportion, compare
 from closeloop.store import Store, Tx
 
 LIVE = ("running", "held", "halted")
@@ -93,26 +94,56 @@ class Rollouts:
                 raise NotFound(f"no rollout {name!r}")
             return tx.rollout_decisions(name)
 
-    def verdict(self, live: Live) -> Verdict:
-        """The current stage's gate table, over the cases opened since the stage began."""
-        now = self.clock.now()
+    def _tallies(self, live: Live) -> tuple[Tally, dict[str, Tally]]:
+        """The control's tally and each enrolled cohort's (arms, or `enrolled`), this stage."""
         with self.store.read() as tx:  # up to and including now
             tallies = tx.rollout_tallies(
-                live.plan.workflow, live.stage_started_at, now + timedelta(microseconds=1)
+                live.plan.workflow,
+                live.stage_started_at,
+                self.clock.now() + timedelta(microseconds=1),
             )
         control = Tally(**tallies.pop(CONTROL, {}))
         tallies.pop(OUTSIDE, None)
-        arms = {name: Tally(**counts) for name, counts in tallies.items()}
-        enrolled = _sum(arms.values())
+        return control, {name: Tally(**counts) for name, counts in tallies.items()}
+
+    def verdict(self, live: Live) -> Verdict:
+        """The current stage's gate table, over the cases opened since the stage began."""
+        control, cohorts = self._tallies(live)
         named = {a.name for a in live.stage.experiment.arms} if live.stage.experiment else set()
         return judge(
             live.plan,
             live.stage,
-            enrolled=enrolled,
+            enrolled=_sum(cohorts.values()),
             control=control,
-            arms={k: v for k, v in arms.items() if k in named},
-            elapsed=now - live.stage_started_at,
+            arms={k: v for k, v in cohorts.items() if k in named},
+            elapsed=self.clock.now() - live.stage_started_at,
         )
+
+    def arms(self, live: Live) -> dict[str, dict[str, Any]]:
+        """Each arm's resolution against the control's, on the sequential interval (gbstats)."""
+        if live.stage.experiment is None:
+            return {}
+        control, cohorts = self._tallies(live)
+        results: dict[str, dict[str, Any]] = {}
+        for a in live.stage.experiment.arms:
+            t = cohorts.get(a.name, Tally())
+            row: dict[str, Any] = {"weight": a.weight, "cases": t.cases, "resolved": t.resolved,
+                                   "completed": t.completed}  # fmt: skip
+            if t.cases and control.cases and control.resolved:
+                vs = compare(
+                    Proportion(successes=control.resolved, n=control.cases),
+                    Proportion(successes=t.resolved, n=t.cases),
+                    sequential=True,
+                )
+                row["versus_control"] = {
+                    "difference": vs.difference,
+                    "interval": list(vs.difference_interval),
+                    "lift": vs.lift,
+                    "p_value": vs.p_value,
+                    "chance_to_win": vs.chance_to_win,
+                }
+            results[a.name] = row
+        return results
 
     def report(self, name: str) -> dict[str, Any]:
         """A live rollout as people and programs read it: state, gate table, decisions."""
@@ -126,6 +157,7 @@ class Rollouts:
             "share": live.stage.share,
             "stage_started_at": live.stage_started_at.isoformat(),
             **_data(verdict),
+            "arms": self.arms(live),
             "decisions": [
                 {
                     "at": d["at"].isoformat(),
