@@ -119,3 +119,17 @@ def test_worse_than_control_fails_its_gate_and_guardrails_halt() -> None:
     assert "sample ratio mismatch: arms got [700, 100]" in reasons
     nothing = judge(plan, pilot, enrolled=Tally(), control=Tally(), elapsed=timedelta(0))
     assert all(g.passed is None for g in nothing.gates) and not nothing.breaches
+
+
+def test_each_gate_is_judged_over_its_own_window() -> None:
+    plan = load_plan_file(PLAN)
+    quarter = plan.stages[1]  # exception_rate <= 5% over 7 days
+    bad_start = tally(1000, 400, exceptions=100)  # 10% over the whole stage
+    recent = tally(300, 130, exceptions=3)  # 1% in the last week
+    control = tally(16_000, 6_000)
+    whole = judge(plan, quarter, enrolled=bad_start, control=control, elapsed=timedelta(days=20))
+    assert whole.gates[1].passed is False
+    windows = {timedelta(days=7): (recent, control)}
+    windowed = judge(plan, quarter, enrolled=bad_start, control=control,
+                     elapsed=timedelta(days=20), windows=windows)  # fmt: skip
+    assert windowed.gates[1].passed is True and windowed.gates[1].value == 0.01

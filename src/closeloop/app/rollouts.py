@@ -94,14 +94,17 @@ class Rollouts:
                 raise NotFound(f"no rollout {name!r}")
             return tx.rollout_decisions(name)
 
-    def _tallies(self, live: Live) -> tuple[Tally, dict[str, Tally]]:
-        """The control's tally and each enrolled cohort's (arms, or `enrolled`), this stage."""
+    def _tallies(
+        self, live: Live, window: timedelta | None = None
+    ) -> tuple[Tally, dict[str, Tally]]:
+        """The control's tally and each enrolled cohort's (arms, or `enrolled`): this stage,
+        or its last `window`."""
+        now = self.clock.now()
+        since = (
+            live.stage_started_at if window is None else max(live.stage_started_at, now - window)
+        )
         with self.store.read() as tx:  # up to and including now
-            tallies = tx.rollout_tallies(
-                live.plan.workflow,
-                live.stage_started_at,
-                self.clock.now() + timedelta(microseconds=1),
-            )
+            tallies = tx.rollout_tallies(live.plan.workflow, since, now + timedelta(microseconds=1))
         control = Tally(**tallies.pop(CONTROL, {}))
         tallies.pop(OUTSIDE, None)
         return control, {name: Tally(**counts) for name, counts in tallies.items()}
@@ -110,6 +113,10 @@ class Rollouts:
         """The current stage's gate table, over the cases opened since the stage began."""
         control, cohorts = self._tallies(live)
         named = {a.name for a in live.stage.experiment.arms} if live.stage.experiment else set()
+        windows = {}
+        for window in {g.window for g in live.stage.gates}:  # each gate over its own window
+            in_window, by_cohort = self._tallies(live, window)
+            windows[window] = (_sum(by_cohort.values()), in_window)
         return judge(
             live.plan,
             live.stage,
@@ -117,6 +124,7 @@ class Rollouts:
             control=control,
             arms={k: v for k, v in cohorts.items() if k in named},
             elapsed=self.clock.now() - live.stage_started_at,
+            windows=windows,
         )
 
     def arms(self, live: Live) -> dict[str, dict[str, Any]]:

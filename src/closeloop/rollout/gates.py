@@ -139,9 +139,18 @@ def judge(
     arms: Mapping[str, Tally] | None = None,
     elapsed: timedelta,
     n_star: float = 5000,
+    windows: Mapping[timedelta, tuple[Tally, Tally]] | None = None,
 ) -> Verdict:
-    """The stage's gate table, its minimums, and the guardrails it breaks."""
-    gates = tuple(judge_gate(g, enrolled, control, n_star=n_star) for g in stage.gates)
+    """The stage's gate table, its minimums, and the guardrails it breaks.
+
+    `windows` gives, for a gate's `window`, the (enrolled, control) tallies of the
+    cases opened within it; a gate without one is judged on the whole stage.
+    """
+    windows = windows or {}
+    gates = tuple(
+        judge_gate(g, *windows.get(g.window, (enrolled, control)), n_star=n_star)
+        for g in stage.gates
+    )
     days = stage.min_duration / timedelta(days=1)
     minimums = [
         GateResult(
