@@ -31,6 +31,7 @@ from closeloop.engine import (
 from closeloop.store import database
 from closeloop.store import queries as q
 from closeloop.store.driver import Dialect, dumps
+from closeloop.store.rollout_queries import RolloutQueries
 from closeloop.store.tables import (
     UTCDateTime,
     backend_events,
@@ -44,8 +45,6 @@ from closeloop.store.tables import (
     miniapp_sessions,
     one_time_codes,
     outbox,
-    rollout_decisions,
-    rollouts,
     timers,
     unsubscribe_tokens,
     webhook_rejections,
@@ -154,7 +153,7 @@ class CaseCache:
                     del self._cases[case_id]
 
 
-class Tx:
+class Tx(RolloutQueries):
     """One transaction: SQLAlchemy's connection, and its driver cursor for the hot path."""
 
     def __init__(self, connection: sa.Connection, driver: Dialect, cache: CaseCache) -> None:
@@ -499,105 +498,6 @@ class Tx:
             )
             idle += [r[0] for r in self.c.execute(stmt)]
         return sorted(idle)
-
-    # -- rollouts -------------------------------------------------------------
-    def save_rollout(self, row: dict[str, Any]) -> None:
-        self.c.execute(rollouts.insert(), row)
-
-    def rollout(self, name: str) -> dict[str, Any] | None:
-        row = self.c.execute(sa.select(rollouts).where(rollouts.c.name == name)).first()
-        return dict(row._mapping) if row else None
-
-    def live_rollout(self, workflow: str) -> dict[str, Any] | None:
-        """The workflow's rollout that is not completed, if there is one."""
-        stmt = sa.select(rollouts).where(
-            rollouts.c.workflow == workflow, rollouts.c.state != "completed"
-        )
-        row = self.c.execute(stmt).first()
-        return dict(row._mapping) if row else None
-
-    def live_rollouts(self) -> list[dict[str, Any]]:
-        stmt = sa.select(rollouts).where(rollouts.c.state != "completed").order_by(rollouts.c.name)
-        return [dict(r._mapping) for r in self.c.execute(stmt)]
-
-    def update_rollout(self, name: str, **values: Any) -> None:
-        self.c.execute(rollouts.update().where(rollouts.c.name == name).values(**values))
-
-    def record_rollout_decision(self, row: dict[str, Any]) -> None:
-        self.c.execute(rollout_decisions.insert(), row)
-
-    def rollout_decisions(self, name: str) -> list[dict[str, Any]]:
-        stmt = (
-            sa.select(rollout_decisions)
-            .where(rollout_decisions.c.rollout == name)
-            .order_by(rollout_decisions.c.id)
-        )
-        return [dict(r._mapping) for r in self.c.execute(stmt)]
-
-    def opened_between(self, workflow: str) -> tuple[datetime | None, datetime | None]:
-        """When the workflow's first and last cases were opened."""
-        stmt = sa.select(sa.func.min(cases.c.opened_at), sa.func.max(cases.c.opened_at)).where(
-            cases.c.workflow.like(f"{workflow}@%")
-        )
-        first, last = self.c.execute(stmt).one()
-        return first, last
-
-    def rollout_tallies(
-        self, workflow: str, since: datetime, until: datetime
-    ) -> dict[str, dict[str, int]]:
-        """What the workflow's eligible cases opened in [since, until) did, by cohort."""
-        opened = sa.and_(
-            cases.c.workflow.like(f"{workflow}@%"),
-            cases.c.opened_at >= since,
-            cases.c.opened_at < until,
-            cases.c.status != "ineligible",
-        )
-        control_resolved = sa.exists().where(
-            case_events.c.case_id == cases.c.id,
-            case_events.c.kind == "resolved_outside_rollout",
-        )
-        status = cases.c.status
-
-        def total(condition: Any) -> Any:
-            return sa.func.sum(sa.case((condition, 1), else_=0))
-
-        tallies: dict[str, dict[str, int]] = {}
-        by_cohort = (
-            sa.select(
-                cases.c.cohort,
-                sa.func.count(),
-                total(status == "resolved"),
-                total(status.in_(("resolved", "resolved_elsewhere")) | control_resolved),
-                total(status == "exception"),
-                total(status == "opted_out"),
-            )
-            .where(opened)
-            .group_by(cases.c.cohort)
-        )
-        for cohort, n, completed, resolved, exceptions, opt_outs in self.c.execute(by_cohort):
-            tallies[cohort] = {
-                "cases": n, "completed": completed or 0, "resolved": resolved or 0,
-                "exceptions": exceptions or 0, "opt_outs": opt_outs or 0,
-            }  # fmt: skip
-        written = (
-            sa.select(cases.c.cohort, sa.func.count(), total(outbox.c.status == "done"))
-            .select_from(outbox.join(cases, outbox.c.case_id == cases.c.id))
-            .where(opened, outbox.c.kind == "writeback", outbox.c.status.in_(("done", "failed")))
-            .group_by(cases.c.cohort)
-        )
-        for cohort, n, ok in self.c.execute(written):
-            tallies.setdefault(cohort, {}).update(writebacks=n, writebacks_ok=ok or 0)
-        checked = (
-            sa.select(
-                cases.c.cohort, sa.func.count(), total(case_events.c.kind == "identity_failed")
-            )
-            .select_from(case_events.join(cases, case_events.c.case_id == cases.c.id))
-            .where(opened, case_events.c.kind.in_(("identity_passed", "identity_failed")))
-            .group_by(cases.c.cohort)
-        )
-        for cohort, n, failed in self.c.execute(checked):
-            tallies.setdefault(cohort, {}).update(identity_checks=n, identity_failures=failed or 0)
-        return tallies
 
     def outbox_counts(self) -> dict[tuple[str, str], int]:
         stmt = sa.select(outbox.c.kind, outbox.c.status, sa.func.count()).group_by(
