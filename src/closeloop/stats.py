@@ -22,6 +22,7 @@ the same numbers.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -245,6 +246,11 @@ class Survival:
     events: tuple[int, ...]
     median: float | None  # the first time the curve is at or below one half
 
+    def at(self, t: float) -> float:
+        """The share still unresolved at time `t`."""
+        index = bisect_right(self.times, t)
+        return self.survival[index - 1] if index else 1.0
+
 
 def kaplan_meier(durations: Sequence[float], resolved: Sequence[bool]) -> Survival:
     """The Kaplan-Meier estimate of staying unresolved; open cases are censored at their age."""
@@ -261,17 +267,18 @@ def kaplan_meier(durations: Sequence[float], resolved: Sequence[bool]) -> Surviv
     counts: list[int] = []
     i = 0
     while i < len(pairs):
-        t = pairs[i][0]
-        same = [e for d, e in pairs[i:] if d == t]
-        events = sum(1 for e in same if e)
+        t, j = pairs[i][0], i
+        while j < len(pairs) and pairs[j][0] == t:
+            j += 1
+        events = sum(1 for _, e in pairs[i:j] if e)
         if events:
             level *= 1 - events / at_risk
             times.append(t)
             levels.append(level)
             risks.append(at_risk)
             counts.append(events)
-        at_risk -= len(same)
-        i += len(same)
+        at_risk -= j - i
+        i = j
     median = next((t for t, s in zip(times, levels, strict=True) if s <= 0.5), None)
     return Survival(
         times=tuple(times),

@@ -314,6 +314,8 @@ def test_rollout_start_status_halt_resume_from_the_command_line(workdir: Path) -
                   cwd=workdir)  # fmt: skip
     assert started.returncode == 0, started.stderr
     assert "stage pilot enrols 5% of eligible failed_payment cases" in started.stdout
+    assert "arm email_first: the workflow's own" in started.stdout
+    assert "arm sms_first: variant sms_first" in started.stdout
     refused = run("rollout", "promote", "failed_payment_rollout", "--reason", "eager", cwd=workdir)
     assert refused.returncode == 2 and "may not be promoted" in refused.stderr
     halted = run("rollout", "halt", "failed_payment_rollout", "--reason", "branch complaint",
@@ -328,5 +330,8 @@ def test_rollout_start_status_halt_resume_from_the_command_line(workdir: Path) -
         ("start", "ana"), ("halt", "ana")
     ]  # fmt: skip
     assert status["gates"][0]["passed"] is None  # no cases yet
+    table = run("rollout", "status", "failed_payment_rollout", cwd=workdir,
+                env={"COLUMNS": "200"}).stdout  # fmt: skip
+    assert "variant sms_first" in table and "business as usual" in table
     missing = run("rollout", "status", "nowhere", cwd=workdir)
     assert missing.returncode == 2 and "no rollout 'nowhere'" in missing.stderr

@@ -176,3 +176,50 @@ def test_a_halt_pauses_the_outreach_of_enrolled_cases_until_resumed(app: App) ->
     clock.advance(timedelta(hours=1, minutes=1))
     app.work()
     assert sent_to(app, enrolled) >= len(enrolled)
+
+
+def test_each_arm_gets_its_treatment_and_the_report_reads_every_arm(app: App) -> None:
+    """The example spec's variant `sms_first` is the cadence its arm's cases get."""
+    app.rollouts.start(PLAN.format(promotion="approval"), filename="plan.yaml",
+                       actor="ops@bank", reason="go")  # fmt: skip
+    results = app.runtime.intake([trigger(f"t7-{a}", a) for a in ACCOUNTS])
+    cohort = {r.case_id: app.runtime.case(r.case_id).cohort for r in results if r.case_id}
+    with app.store.read() as tx:
+        rows = tx.c.execute(sa.select(outbox.c.case_id, outbox.c.payload)
+                            .where(outbox.c.kind == "message")).all()  # fmt: skip
+    first = {}
+    for case_id, payload in rows:
+        first.setdefault(case_id, payload["channel"])
+    by_arm = {arm: {first[c] for c, a in cohort.items() if a == arm and c in first}
+              for arm in ("email_first", "sms_first")}  # fmt: skip
+    assert by_arm == {"email_first": {"email"}, "sms_first": {"sms"}}
+    step = app.runtime.spec_for(app.runtime.case(next(c for c, a in cohort.items()
+                                                      if a == "sms_first")))  # fmt: skip
+    assert step.spec.outreach.steps[0].name == "first_sms"
+
+    report = app.rollouts.report("pilot_rollout")
+    sms = report["arms"]["sms_first"]
+    assert report["arms"]["email_first"]["treatment"] == "the workflow's own"
+    assert sms["treatment"] == "variant sms_first"
+    assert sms["versus_first_arm"] is None  # nothing completed yet: no comparison
+    assert sms["time_to_resolution"]["resolved_within_1d"] == 0.0
+    assert report["control"]["cases"] == list(cohort.values()).count("control")
+    assert report["stages_reached"] == ["pilot"]
+    clock = app.clock
+    assert isinstance(clock, SimClock)
+    clock.advance(timedelta(days=2))
+    app.runtime.intake(  # a third of everyone pays through another channel on day 2
+        [TriggerIn(id=f"paid7-{a}", type="payment.posted", data={"account_id": a})
+         for a in ACCOUNTS[::3]]
+    )  # fmt: skip
+    report = app.rollouts.report("pilot_rollout")
+    control = report["control"]["time_to_resolution"]
+    assert 0.25 < control["resolved_within_3d"] < 0.42 and control["resolved_within_1d"] == 0
+    assert control["median_hours"] is None  # never half: the curve stays above one half
+    app.rollouts.promote("pilot_rollout", actor="ops@bank", reason="gates passed")
+    promoted = app.rollouts.decisions("pilot_rollout")[-1]
+    assert set(promoted["data"]["arms"]) == {"email_first", "sms_first"}  # the evidence kept
+    clock.advance(timedelta(days=8))
+    app.rollouts.promote("pilot_rollout", actor="ops@bank", reason="done")
+    done = app.rollouts.report("pilot_rollout")  # a completed rollout still reports
+    assert done["state"] == "completed" and done["stages_reached"] == ["pilot", "everyone"]

@@ -48,6 +48,7 @@ def test_the_example_plan_and_the_sample_each_arm_needs() -> None:
         (("share: 5 ", "share: 10 "), "the first stage enrols at most 5%"),
         (("account.state == 'NY'", "account.stat == 'NY'"), "stat"),
         (("{name: sms_first, weight: 50}", "{name: email_first, weight: 50}"), "its own name"),
+        (("{name: sms_first, weight: 50}", "{name: control, weight: 50}"), "names a cohort"),
         (
             ("at_least: 0.995}", "at_least: 0.995, at_most: 1}"),
             "exactly one of at_least",

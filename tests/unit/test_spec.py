@@ -190,3 +190,43 @@ def test_the_packaged_examples_are_the_repositorys() -> None:
     assert Path("connectors/reference_core.yaml") in files
     for name in files:
         assert (packaged / name).read_text() == (ROOT / "examples" / name).read_text(), name
+
+
+def test_a_variant_is_the_cadence_of_the_arm_of_its_name() -> None:
+    compiled = load_spec_file(EXAMPLE)
+    sms = compiled.for_cohort("sms_first")
+    assert [s.channel for s in sms.spec.outreach.steps] == ["sms", "email", "whatsapp"]
+    assert sms.key == compiled.key and sms.spec.identity == compiled.spec.identity
+    assert compiled.for_cohort("email_first") is compiled  # no variant: the spec's own
+    assert compiled.for_cohort("control") is compiled
+    assert "VARIANTS" in explain(compiled.spec) and "at once: sms" in explain(compiled.spec)
+
+
+def test_a_variant_is_checked_like_the_spec_at_its_own_lines() -> None:
+    text = edit(
+        "template: declined_card_email, wait: 48h, if: not_opened}",
+        "template: declined_card_mail, wait: 48h, if: not_opened}",
+    ).replace(
+        "variants:\n",
+        "variants:\n  no_facts:\n    description: nothing changes\n"
+        "  checked:\n    identity:\n      known_facts: [date_of_birth]\n"
+        "      step_up: [{when: submission.amount > case.nope, require: one_time_code}]\n",
+        1,
+    )
+    found = problems_of(text)
+    assert found[0] == (
+        f"bad.yaml:{line_of(text, '  no_facts:') + 1}:5: variants.no_facts: "
+        "a variant replaces outreach, identity or both"
+    )  # the shape first: nothing else is reported until it is right
+    text = text.replace("  no_facts:\n    description: nothing changes\n", "")
+    found = problems_of(text)
+    assert len(found) == 2, found  # the spec's own sections are not reported again per variant
+    assert f":{line_of(text, 'case.nope')}:" in found[0] and "case.nope" in found[0]
+    assert "variants.checked.identity.step_up[0].when" in found[0]
+    assert f"bad.yaml:{line_of(text, 'declined_card_mail')}:" in found[1]
+    assert "variants.sms_first.outreach.steps[1].template: template 'declined_card_mail'" in found[1]
+    reserved = problems_of(EXAMPLE.read_text().replace("  sms_first:\n", "  control:\n", 1))
+    assert reserved == [
+        f"bad.yaml:{line_of(EXAMPLE.read_text(), '  sms_first:')}:3: "
+        "variants: 'control' names a cohort, not an arm: choose another name"
+    ]

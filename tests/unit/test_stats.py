@@ -102,6 +102,15 @@ def test_kaplan_meier_matches_the_textbook() -> None:
         0.8571, 0.8067, 0.7529, 0.6902, 0.6275, 0.5378, 0.4482
     ]  # fmt: skip
     assert curve.at_risk == (21, 17, 15, 12, 11, 7, 6) and curve.median == 23
+    assert curve.at(5) == 1.0 and curve.at(6) == curve.at(6.5) == curve.survival[0]
+    assert curve.at(100) == curve.survival[-1]
+
+
+def test_kaplan_meier_is_linear_in_ties() -> None:
+    # A million cases on a few hundred distinct hours: one pass, not one per tie.
+    hours = [float(i % 240) for i in range(1_000_000)]
+    curve = kaplan_meier(hours, [i % 7 != 0 for i in range(1_000_000)])
+    assert len(curve.times) == 240 and curve.at_risk[0] == 1_000_000
 
 
 def test_bad_counts_say_what_is_wrong() -> None:

@@ -25,8 +25,10 @@ from closeloop.errors import InputError, NotFound, StateError
 from closeloop.rollout import arm, in_cohort
 from closeloop.rollout.gates import Tally, Verdict, judge
 from closeloop.rollout.plan import RolloutPlan, Stage, load_plan
+from closeloop.spec.loader import load_spec
+from closeloop.spec.model import Spec
 from closeloop.spec.rules import ACCOUNT_FIELDS, CompiledRule, compile_rule
-from closeloop.stats import Proportion, compare
+from closeloop.stats import Proportion, compare, kaplan_meier
 from closeloop.store import Store, Tx
 
 LIVE = ("running", "held", "halted")
@@ -54,6 +56,7 @@ class Rollouts:
         self.store = store
         self.clock = clock
         self._segments: dict[tuple[str, int, int], CompiledRule | None] = {}
+        self._specs: dict[str, Spec | None] = {}
 
     # -- reading ------------------------------------------------------------------------
     def _live(self, row: dict[str, Any]) -> Live:
@@ -128,35 +131,94 @@ class Rollouts:
         )
 
     def arms(self, live: Live) -> dict[str, dict[str, Any]]:
-        """Each arm's resolution against the control's, on the sequential interval (gbstats)."""
+        """Each arm of the stage's experiment: its treatment, resolution against the control's,
+        completion against the first arm's (both on the sequential interval, as gbstats), and
+        time to resolution."""
         if live.stage.experiment is None:
             return {}
         control, cohorts = self._tallies(live)
+        times = self.times(live)
+        variants = self._variants(live.plan.workflow)
+        arms = live.stage.experiment.arms
+        first = cohorts.get(arms[0].name, Tally())
         results: dict[str, dict[str, Any]] = {}
-        for a in live.stage.experiment.arms:
+        for a in arms:
             t = cohorts.get(a.name, Tally())
-            row: dict[str, Any] = {"weight": a.weight, "cases": t.cases, "resolved": t.resolved,
-                                   "completed": t.completed}  # fmt: skip
-            if t.cases and control.cases and control.resolved:
-                vs = compare(
-                    Proportion(successes=control.resolved, n=control.cases),
-                    Proportion(successes=t.resolved, n=t.cases),
-                    sequential=True,
+            results[a.name] = {
+                "weight": a.weight,
+                "treatment": f"variant {a.name}" if a.name in variants else "the workflow's own",
+                "cases": t.cases,
+                "completed": t.completed,
+                "resolved": t.resolved,
+                "versus_control": _versus(control.resolved, control.cases, t.resolved, t.cases),
+                "time_to_resolution": times.get(a.name),
+            }
+            if a is not arms[0]:
+                vs = _versus(
+                    first.completed, first.cases, t.completed, t.cases, metric="completion"
                 )
-                row["versus_control"] = {
-                    "difference": vs.difference,
-                    "interval": list(vs.difference_interval),
-                    "lift": vs.lift,
-                    "p_value": vs.p_value,
-                    "chance_to_win": vs.chance_to_win,
-                }
-            results[a.name] = row
+                results[a.name]["versus_first_arm"] = vs and {"arm": arms[0].name, **vs}
         return results
 
+    def times(self, live: Live) -> dict[str, dict[str, Any]]:
+        """Time to resolution by cohort since the stage began (Kaplan-Meier: a case not
+        resolved yet counts as unresolved up to its age, or up to when it closed)."""
+        now = self.clock.now()
+        with self.store.read() as tx:
+            rows = tx.resolution_times(
+                live.plan.workflow, live.stage_started_at, now + timedelta(microseconds=1)
+            )
+        follow_up = self._follow_up(live.plan.workflow)
+        spans: dict[str, tuple[list[float], list[bool]]] = {}
+        for cohort, status, opened, closed, outside in rows:
+            if cohort == CONTROL:  # resolved elsewhere, seen for as long as an enrolled case
+                done, end = outside is not None, outside or min(now, opened + follow_up)
+            else:
+                done = status in ("resolved", "resolved_elsewhere")
+                end = closed or now
+            hours, flags = spans.setdefault(cohort, ([], []))
+            hours.append(max(0.0, (end - opened).total_seconds() / 3600))
+            flags.append(done)
+        out = {}
+        for cohort, (hours, flags) in spans.items():
+            curve = kaplan_meier(hours, flags)
+            out[cohort] = {
+                "median_hours": None if curve.median is None else round(curve.median, 2),
+                "resolved_within_1d": round(1 - curve.at(24), 4),
+                "resolved_within_3d": round(1 - curve.at(72), 4),
+                "resolved_within_7d": round(1 - curve.at(168), 4),
+            }
+        return out
+
+    def _spec(self, workflow: str) -> Spec | None:
+        if workflow not in self._specs:
+            with self.store.read() as tx:
+                source = tx.workflow_source_by_name(workflow)
+            self._specs[workflow] = load_spec(source, filename=workflow).spec if source else None
+        return self._specs[workflow]
+
+    def _variants(self, workflow: str) -> set[str]:
+        spec = self._spec(workflow)
+        return set(spec.variants) if spec else set()
+
+    def _follow_up(self, workflow: str) -> timedelta:
+        """How long a case left out is watched for a resolution elsewhere: its expiry."""
+        spec = self._spec(workflow)
+        if spec is None:
+            return timedelta(days=30)
+        return max(
+            s.outreach.expires_after for s in (spec, *(spec.with_variant(v) for v in spec.variants))
+        )
+
     def report(self, name: str) -> dict[str, Any]:
-        """A live rollout as people and programs read it: state, gate table, decisions."""
-        live = self.get(name)
-        verdict = self.verdict(live)
+        """A rollout as people and programs read it: state, the (last) stage's gate table,
+        its arms and the control, and every decision with the data it was based on."""
+        with self.store.read() as tx:
+            row = tx.rollout(name)
+        if row is None:
+            raise NotFound(f"no rollout {name!r}")
+        live = self._live(row)
+        control, _ = self._tallies(live)
         return {
             "rollout": name,
             "workflow": live.plan.workflow,
@@ -164,8 +226,13 @@ class Rollouts:
             "stage": live.stage.name,
             "share": live.stage.share,
             "stage_started_at": live.stage_started_at.isoformat(),
-            **_data(verdict),
-            "arms": self.arms(live),
+            "stages_reached": _reached(live),
+            **self._evidence(live, self.verdict(live)),
+            "control": {
+                "cases": control.cases,
+                "resolved": control.resolved,
+                "time_to_resolution": self.times(live).get(CONTROL),
+            },
             "decisions": [
                 {
                     "at": d["at"].isoformat(),
@@ -173,10 +240,15 @@ class Rollouts:
                     "stage": d["stage"],
                     "actor": d["actor"],
                     "reason": d["reason"],
+                    "data": d["data"],
                 }
                 for d in self.decisions(name)
             ],
         }
+
+    def _evidence(self, live: Live, verdict: Verdict) -> dict[str, Any]:
+        """What a decision is based on: the gate table and the experiment's arms."""
+        return {**_data(verdict), "arms": self.arms(live)}
 
     def paused(self, tx: Tx, workflows: set[str]) -> set[str]:
         """Of these workflows, those whose rollout is halted with `on_halt: pause_outreach`."""
@@ -252,6 +324,7 @@ class Rollouts:
             raise StateError(f"stage {live.stage.name} may not be promoted: {'; '.join(failing)}")
         now = self.clock.now()
         last = live.stage_index + 1 == len(live.plan.stages)
+        evidence = self._evidence(live, verdict)
         with self.store.transaction() as tx:
             if last:
                 tx.update_rollout(name, state="completed", updated_at=now)
@@ -259,7 +332,7 @@ class Rollouts:
                 tx.update_rollout(
                     name, stage=live.stage_index + 1, stage_started_at=now, updated_at=now
                 )
-            self._record(tx, name, "promote", live.stage.name, actor, reason, _data(verdict), now)
+            self._record(tx, name, "promote", live.stage.name, actor, reason, evidence, now)
         return replace(live, state="completed") if last else self.get(name)
 
     def hold(self, name: str, *, actor: str, reason: str) -> Live:
@@ -301,11 +374,11 @@ class Rollouts:
             raise StateError(f"rollout {name} is {live.state}: it cannot be {to} now")
         if not reason.strip():
             raise InputError("say why (--reason): every decision is recorded with its reason")
-        verdict = self.verdict(live)
+        evidence = self._evidence(live, self.verdict(live))
         now = self.clock.now()
         with self.store.transaction() as tx:
             tx.update_rollout(name, state=to, updated_at=now)
-            self._record(tx, name, action, live.stage.name, actor, reason, _data(verdict), now)
+            self._record(tx, name, action, live.stage.name, actor, reason, evidence, now)
         return self.get(name)
 
     @staticmethod
@@ -341,6 +414,12 @@ def _sum(tallies: Any) -> Tally:
     return Tally(**total)
 
 
+def _reached(live: Live) -> list[str]:
+    """The stages the rollout has been in, in order (all of them once completed)."""
+    last = len(live.plan.stages) if live.state == "completed" else live.stage_index + 1
+    return [stage.name for stage in live.plan.stages[:last]]
+
+
 def _data(verdict: Verdict) -> dict[str, Any]:
     """The gate table a decision was based on, as it is recorded."""
     return {
@@ -355,4 +434,25 @@ def _data(verdict: Verdict) -> dict[str, Any]:
         ],
         "breaches": list(verdict.breaches),
         "promotable": verdict.promotable,
+    }
+
+
+def _versus(
+    base_successes: int, base_n: int, successes: int, n: int, *, metric: str = "resolution"
+) -> dict[str, Any] | None:
+    """One rate against another on the sequential interval; None until both have data."""
+    if not (base_n and n and base_successes):
+        return None
+    vs = compare(
+        Proportion(successes=base_successes, n=base_n),
+        Proportion(successes=successes, n=n),
+        sequential=True,
+    )
+    return {
+        "metric": metric,
+        "difference": vs.difference,
+        "interval": list(vs.difference_interval),
+        "lift": vs.lift,
+        "p_value": vs.p_value,
+        "chance_to_win": vs.chance_to_win,
     }

@@ -108,7 +108,7 @@ class Runtime:
                 self.workflows.by_key[compiled.key] = compiled
         if compiled is None:
             raise NotFound(f"workflow {case.workflow} of case {case.id} is not loaded")
-        return compiled
+        return compiled.for_cohort(case.cohort)  # an arm with a variant gets the variant
 
     # -- intake --------------------------------------------------------------
     def validate(self, trigger: TriggerIn) -> CompiledSpec | None:
@@ -270,7 +270,7 @@ class Runtime:
             cohort = "enrolled" if enrolled else "control"
         event = Opened(enrolled=enrolled, cohort=cohort, actor="backend",
                        key=f"trigger:{trigger.id}")  # fmt: skip
-        return step(case, event, compiled, now)
+        return step(case, event, compiled.for_cohort(cohort), now)
 
     def _close_elsewhere(self, tx: Tx, trigger: TriggerIn) -> IntakeResult:
         if tx.backend_event_received(trigger.id):
@@ -284,7 +284,9 @@ class Runtime:
         batch = []
         # Cases left out of a rollout within the time an enrolled case would have had
         # to resolve: what happened to them is the control group's outcome.
-        longest = max(c.spec.outreach.expires_after for c in specs)
+        longest = max(
+            v.spec.outreach.expires_after for c in specs for v in (c, *c.variants.values())
+        )
         cases = tx.open_cases_for_account(account_id)
         live = {c.id for c in cases}
         cases += tx.control_cases_for_account(account_id, now - longest)

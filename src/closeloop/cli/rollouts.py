@@ -189,6 +189,7 @@ def rollout_start(
         live = app.rollouts.start(
             source, filename=str(plan_file), actor=_actor(actor), reason=reason
         )
+        treatments = {name: arm["treatment"] for name, arm in app.rollouts.arms(live).items()}
     except SpecError as exc:
         raise _problems(exc, plan_file, False) from None
     finally:
@@ -198,6 +199,8 @@ def rollout_start(
         f"{live.stage.share:g}% of eligible {live.plan.workflow} cases",
         soft_wrap=True,
     )
+    for name, treatment in treatments.items():  # a misspelt arm would get the workflow's own
+        out.print(f"  arm {name}: {treatment}", soft_wrap=True)
 
 
 def _decide(action: str, name: str, reason: str, actor: str | None) -> None:
@@ -322,7 +325,11 @@ def _live_status(name: str, as_json: bool) -> None:
     )
     table = Table("criterion", "value", "interval", "")
     for row in report["gates"]:
-        value = "-" if row["value"] is None else f"{row['value']:.4g}"
+        value = (
+            "-" if row["value"] is None
+            else f"{row['value']:.1f}" if row["criterion"].endswith("days in the stage")
+            else f"{row['value']:.4g}"
+        )  # fmt: skip
         low_high = row["interval"]
         interval = f"{low_high[0]:.2%} to {low_high[1]:.2%}" if low_high else ""
         verdict = {True: "pass", False: "FAIL", None: "no data"}[row["passed"]]
@@ -331,21 +338,47 @@ def _live_status(name: str, as_json: bool) -> None:
     for breach in report["breaches"]:
         out.print(f"guardrail broken: {breach}", markup=False, highlight=False)
     if report["arms"]:
-        arms = Table("arm", "cases", "resolved", "against the control (points)", "chance to win")
-        for name, a in report["arms"].items():
-            vs = a.get("versus_control")
-            span = (
-                f"{vs['difference']:+.2%} ({vs['interval'][0]:+.2%} to {vs['interval'][1]:+.2%})"
-                if vs
-                else "no data yet"
-            )
-            win = f"{vs['chance_to_win']:.1%}" if vs else ""
-            arms.add_row(name, f"{a['cases']:,}", f"{a['resolved']:,}", span, win)
-        out.print(arms)
+        out.print(_arms_table(report))
     log_table = Table("when", "decision", "stage", "who", "why")
     for d in report["decisions"]:
         log_table.add_row(d["at"][:16], d["action"], d["stage"], d["actor"], d["reason"])
     out.print(log_table)
+
+
+def _span(vs: dict[str, Any] | None) -> str:
+    if not vs:
+        return "no data yet"
+    low, high = vs["interval"]
+    return f"{vs['difference']:+.2%} ({low:+.2%} to {high:+.2%}), {vs['chance_to_win']:.0%} to win"
+
+
+def _arms_table(report: dict[str, Any]) -> Table:
+    """Each arm against the control (resolution) and the first arm (completion), and how
+    soon its cases resolve (Kaplan-Meier; the control's on the last row)."""
+    table = Table(
+        "arm", "treatment", "cases", "completed", "resolved",
+        "resolution vs control", "completion vs first arm", "median / within 3d",
+    )  # fmt: skip
+
+    def soon(times: dict[str, Any] | None) -> str:
+        if not times:
+            return ""
+        median = "-" if times["median_hours"] is None else f"{times['median_hours']:.1f} h"
+        return f"{median} / {times['resolved_within_3d']:.0%}"
+
+    for name, a in report["arms"].items():
+        table.add_row(
+            name, a["treatment"], f"{a['cases']:,}", f"{a['completed']:,}", f"{a['resolved']:,}",
+            _span(a["versus_control"]),
+            _span(a["versus_first_arm"]) if "versus_first_arm" in a else "(the first arm)",
+            soon(a["time_to_resolution"]),
+        )  # fmt: skip
+    control = report["control"]
+    table.add_row(
+        "control", "business as usual", f"{control['cases']:,}", "", f"{control['resolved']:,}",
+        "", "", soon(control["time_to_resolution"]),
+    )  # fmt: skip
+    return table
 
 
 @rollout_cli.command("status")

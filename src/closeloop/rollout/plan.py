@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from closeloop.errors import SpecError
 from closeloop.spec.loader import parse_yaml_model, read_source
-from closeloop.spec.model import Duration
+from closeloop.spec.model import RESERVED_COHORTS, Duration
 from closeloop.spec.rules import ACCOUNT_FIELDS, RuleProblem, compile_rule
 from closeloop.stats import StatsError, sample_size
 
@@ -43,8 +43,16 @@ class _Strict(BaseModel):
 
 
 class Arm(_Strict):
+    """A share of the stage's cases; when the spec has a variant of this name, its treatment."""
+
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     weight: int = Field(ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _not_a_cohort(self) -> Arm:
+        if self.name in RESERVED_COHORTS:
+            raise ValueError(f"{self.name!r} names a cohort, not an arm: choose another name")
+        return self
 
 
 class Hypothesis(_Strict):

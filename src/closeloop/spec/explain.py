@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from closeloop.spec.model import Spec, format_duration
+from closeloop.spec.model import Identity, Spec, format_duration
 
 _FACTS = {
     "date_of_birth": "date of birth",
@@ -60,18 +60,7 @@ def explain(spec: Spec) -> str:
             )
         for locale, text in sorted((option.statement or {}).items()):
             out.append(f'      statement {option.statement_version} ({locale}): "{text.strip()}"')
-    out += ["", "IDENTITY"]
-    if spec.identity.known_facts:
-        facts = ", ".join(_FACTS[f] for f in spec.identity.known_facts)
-        out.append(f"  Before any action the customer confirms: {facts}.")
-        out.append(
-            f"  After {spec.identity.max_attempts} failed attempts the case is locked and goes "
-            "to a person."
-        )
-    else:
-        out.append("  No identity check: the signed link alone opens the mini-app.")
-    for step_up in spec.identity.step_up:
-        out.append(f"  Also a one-time code when: {step_up.when}")
+    out += ["", "IDENTITY", *_identity(spec.identity)]
     out += ["", "WHAT DONE MEANS, AND WHAT IS WRITTEN BACK"]
     for name, outcome in spec.outcomes.items():
         out.append(f"  {name}: {outcome.description}")
@@ -79,19 +68,7 @@ def explain(spec: Spec) -> str:
         evidence = ", ".join(outcome.evidence) if outcome.evidence else "none beyond the history"
         out.append(f"    evidence kept: {evidence}")
     out += ["", "CONTACT"]
-    for offset, step in zip(spec.step_offsets(), spec.outreach.steps, strict=True):
-        when = "at once" if not offset else f"after {format_duration(offset)}"
-        cond = {
-            "always": "",
-            "not_opened": ", only if the link was not opened",
-            "not_verified": ", only if identity was not confirmed",
-        }[step.condition]
-        notice = ", a required notice" if step.priority == "required" else ""
-        line = f"  {when}: {step.channel} ({step.template}){cond}{notice}"
-        if step.fallback:
-            line += f"; if it cannot be delivered, {step.fallback.channel} instead"
-        out.append(line)
-    out.append(f"  The case expires {format_duration(spec.outreach.expires_after)} after it opens.")
+    out += _cadence(spec)
     policy = spec.contact
     out.append(
         f"  Only between {policy.hours.start:%H:%M} and {policy.hours.end:%H:%M} in the "
@@ -119,4 +96,50 @@ def explain(spec: Spec) -> str:
     out += ["", "WHEN IT LEAVES THE HAPPY PATH"]
     for reason, route in spec.exceptions.items():
         out.append(f"  {reason}: queue {route.queue}, handled within {format_duration(route.sla)}")
+    if spec.variants:
+        out += [
+            "",
+            "VARIANTS (for the cases of the rollout arm of the same name; the rest as above)",
+        ]
+    for name, variant in spec.variants.items():
+        out.append(f"  {name}: {variant.description.strip()}".rstrip(": "))
+        treated = spec.with_variant(name)
+        if variant.identity is not None:
+            out += ["    identity:", *(f"    {line}" for line in _identity(treated.identity))]
+        if variant.outreach is not None:
+            out += ["    contact:", *(f"    {line}" for line in _cadence(treated))]
     return "\n".join(out) + "\n"
+
+
+def _identity(identity: Identity) -> list[str]:
+    out = []
+    if identity.known_facts:
+        facts = ", ".join(_FACTS[f] for f in identity.known_facts)
+        out.append(f"  Before any action the customer confirms: {facts}.")
+        out.append(
+            f"  After {identity.max_attempts} failed attempts the case is locked and goes "
+            "to a person."
+        )
+    else:
+        out.append("  No identity check: the signed link alone opens the mini-app.")
+    for step_up in identity.step_up:
+        out.append(f"  Also a one-time code when: {step_up.when}")
+    return out
+
+
+def _cadence(spec: Spec) -> list[str]:
+    out = []
+    for offset, step in zip(spec.step_offsets(), spec.outreach.steps, strict=True):
+        when = "at once" if not offset else f"after {format_duration(offset)}"
+        cond = {
+            "always": "",
+            "not_opened": ", only if the link was not opened",
+            "not_verified": ", only if identity was not confirmed",
+        }[step.condition]
+        notice = ", a required notice" if step.priority == "required" else ""
+        line = f"  {when}: {step.channel} ({step.template}){cond}{notice}"
+        if step.fallback:
+            line += f"; if it cannot be delivered, {step.fallback.channel} instead"
+        out.append(line)
+    out.append(f"  The case expires {format_duration(spec.outreach.expires_after)} after it opens.")
+    return out

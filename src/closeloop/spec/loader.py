@@ -45,10 +45,15 @@ class CompiledSpec:
     )
     floors: Mapping[str, CompiledRule] = field(default_factory=dict)  # least instalment
     source: str = ""
+    variants: Mapping[str, CompiledSpec] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
         return self.spec.key
+
+    def for_cohort(self, cohort: str) -> CompiledSpec:
+        """The spec a case of this cohort is handled by: its arm's variant, else this one."""
+        return self.variants.get(cohort, self)
 
 
 class _Positions:
@@ -180,8 +185,35 @@ def parse_yaml_model(
         raise SpecError(sorted(problems, key=lambda p: (p.line, p.column)), what=what) from exc
 
 
-def _check_meaning(spec: Spec, text: str, problem: Any) -> CompiledSpec:
+def _check_meaning(spec: Spec, text: str, problem: Where) -> CompiledSpec:
     problems: list[Problem] = []
+    compiled = _compile(spec, text, problem, problems)
+    variants = {}
+    for name, variant in spec.variants.items():
+        replaced = {k for k in ("outreach", "identity") if getattr(variant, k) is not None}
+
+        def placed(path: Path_, message: str, *, value: bool = True, name: str = name,
+                   replaced: set[str] = replaced) -> Problem:  # fmt: skip
+            if path and path[0] in replaced:
+                return problem(("variants", name, *path), message, value=value)
+            return problem(path, message, value=value)
+
+        found: list[Problem] = []
+        variants[name] = _compile(spec.with_variant(name), text, placed, found)
+        # What the variant shares with the spec was checked above; what is new here is its own.
+        known = {(p.line, p.column, p.message) for p in problems}
+        for p in found:
+            if p.path.startswith("variants."):
+                problems.append(p)
+            elif (p.line, p.column, p.message) not in known:
+                problems.append(replace(p, message=f"with variant {name}: {p.message}"))
+    if problems:
+        raise SpecError(sorted(problems, key=lambda p: (p.line, p.column)))
+    return replace(compiled, variants=variants)
+
+
+def _compile(spec: Spec, text: str, problem: Where, problems: list[Problem]) -> CompiledSpec:
+    """Check what the sections mean together and compile the rules; add what is wrong."""
     case_fields = dict(spec.trigger.fields)
     variables = {"case": case_fields, "account": ACCOUNT_FIELDS}
 
@@ -332,8 +364,6 @@ def _check_meaning(spec: Spec, text: str, problem: Any) -> CompiledSpec:
         if reason not in spec.exceptions:
             problems.append(problem(("exceptions",), f"needs a route for {reason} ({why})"))
 
-    if problems:
-        raise SpecError(sorted(problems, key=lambda p: (p.line, p.column)))
     return CompiledSpec(
         spec=spec,
         eligibility=tuple(eligibility),

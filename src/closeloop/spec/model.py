@@ -4,7 +4,9 @@ A spec says what starts a case (trigger), who may be handled (eligibility),
 how sure we must be of who the customer is (identity), what "done" means and
 what must be written back for it (outcomes, evidence), what the customer may
 choose (mini-app options), how and when we reach them (outreach), and where
-cases that leave the happy path go (exceptions).
+cases that leave the happy path go (exceptions). Variants are the other
+treatments a rollout's experiment compares: each replaces the outreach or the
+identity checks for the cases of the arm that bears its name.
 """
 
 from __future__ import annotations
@@ -273,6 +275,24 @@ class ContactPolicy(SpecModel):
         return self.jurisdictions.get((region or "").upper(), self.hours)
 
 
+# Cohorts a case can be in besides an experiment's arms: a variant cannot take their names.
+RESERVED_COHORTS = ("control", "outside", "enrolled")
+
+
+class Variant(SpecModel):
+    """Another treatment of the workflow, for the cases of the rollout arm of its name."""
+
+    description: str = ""
+    outreach: Outreach | None = None
+    identity: Identity | None = None
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> Variant:
+        if self.outreach is None and self.identity is None:
+            raise ValueError("a variant replaces outreach, identity or both")
+        return self
+
+
 class ExceptionRoute(SpecModel):
     queue: Name
     sla: Duration
@@ -292,6 +312,17 @@ class Spec(SpecModel):
     templates: dict[Name, Template] = Field(default_factory=dict)
     exceptions: dict[ExceptionReason, ExceptionRoute] = Field(default_factory=dict)
     contact: ContactPolicy = Field(default_factory=ContactPolicy)
+    variants: dict[Name, Variant] = Field(
+        default_factory=dict, description="treatments compared by a rollout's experiment, by arm"
+    )
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, variants: dict[str, Variant]) -> dict[str, Variant]:
+        for name in variants:
+            if name in RESERVED_COHORTS:
+                raise ValueError(f"{name!r} names a cohort, not an arm: choose another name")
+        return variants
 
     @field_validator("eligibility")
     @classmethod
@@ -307,6 +338,14 @@ class Spec(SpecModel):
     def key(self) -> str:
         """The spec's identity in storage: ``workflow@version``."""
         return f"{self.workflow}@{self.version}"
+
+    def with_variant(self, name: str) -> Spec:
+        """The spec as the cases of arm `name` get it: the variant's sections replace these."""
+        variant = self.variants[name]
+        changed = {k: getattr(variant, k) for k in ("outreach", "identity")}
+        return self.model_copy(
+            update={k: v for k, v in changed.items() if v is not None} | {"variants": {}}
+        )
 
     def step_offsets(self) -> list[timedelta]:
         """When each outreach step is due, measured from the case's opening."""

@@ -114,3 +114,27 @@ class RolloutQueries:
         for cohort, n, failed in self.c.execute(checked):
             tallies.setdefault(cohort, {}).update(identity_checks=n, identity_failures=failed or 0)
         return tallies
+
+    def resolution_times(
+        self, workflow: str, since: datetime, until: datetime
+    ) -> list[tuple[str, str, datetime, datetime | None, datetime | None]]:
+        """Each eligible case opened in [since, until): cohort, status, when it opened, when it
+        closed, and when a case left out of the rollout was resolved elsewhere."""
+        outside_at = (
+            sa.select(sa.func.min(case_events.c.at))
+            .where(
+                case_events.c.case_id == cases.c.id,
+                case_events.c.kind == "resolved_outside_rollout",
+            )
+            .scalar_subquery()
+        )
+        stmt = sa.select(
+            cases.c.cohort, cases.c.status, cases.c.opened_at, cases.c.closed_at, outside_at
+        ).where(
+            cases.c.workflow.like(f"{workflow}@%"),
+            cases.c.opened_at >= since,
+            cases.c.opened_at < until,
+            cases.c.status != "ineligible",
+            cases.c.cohort != "outside",
+        )
+        return [tuple(row) for row in self.c.execute(stmt)]
