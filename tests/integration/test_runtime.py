@@ -135,7 +135,7 @@ def test_the_customer_resolves_from_the_message(app: App, clock: SimClock) -> No
     app.service.submit(visit.case_id, "pay_now", {"amount": "120.50", "method": "pm_1"}, key="k-4")
     app.work()
     assert app.runtime.case(result.case_id).status is Status.RESOLVED
-    assert app.ledger.effects() == 3 and app.ledger.duplicate_effects() == 0
+    assert app.ledger.effect_count() == 3 and app.ledger.duplicate_effects() == 0
 
 
 def test_payment_posted_closes_open_cases(app: App) -> None:

@@ -224,7 +224,9 @@ def test_a_variant_is_checked_like_the_spec_at_its_own_lines() -> None:
     assert f":{line_of(text, 'case.nope')}:" in found[0] and "case.nope" in found[0]
     assert "variants.checked.identity.step_up[0].when" in found[0]
     assert f"bad.yaml:{line_of(text, 'declined_card_mail')}:" in found[1]
-    assert "variants.sms_first.outreach.steps[1].template: template 'declined_card_mail'" in found[1]
+    assert (
+        "variants.sms_first.outreach.steps[1].template: template 'declined_card_mail'" in found[1]
+    )
     reserved = problems_of(EXAMPLE.read_text().replace("  sms_first:\n", "  control:\n", 1))
     assert reserved == [
         f"bad.yaml:{line_of(EXAMPLE.read_text(), '  sms_first:')}:3: "

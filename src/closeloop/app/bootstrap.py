@@ -15,6 +15,7 @@ from closeloop.app.dispatch import Dispatcher, RetryPolicy
 from closeloop.app.documents import CommandScanner, Documents, EicarScanner
 from closeloop.app.inbound import Inbound, Program
 from closeloop.app.pacing import Pace
+from closeloop.app.reconcile import Reconciler
 from closeloop.app.rollouts import Rollouts
 from closeloop.app.runtime import Runtime, Workflows
 from closeloop.app.service import CustomerService
@@ -55,11 +56,13 @@ class App:
     sessions: Sessions
     documents: Documents
     rollouts: Rollouts
+    reconciler: Reconciler
 
     def work(self, limit: int | None = None) -> int:
-        """Run due timers, messages and writebacks until nothing is due now."""
+        """Run due timers, messages and writebacks until nothing is due now; reconcile
+        settled writebacks with the system of record (at most every few minutes)."""
         size = limit or self.settings.batch_size
-        total = 0
+        total = self.reconciler.run(size)
         while True:
             due = self.store.due_work(self.clock.now())
             if not any(due.values()):
@@ -276,6 +279,7 @@ def build(
         telemetry=telemetry,
         sessions=Sessions(store, clock),
         rollouts=rollouts,
+        reconciler=Reconciler(store, runtime, core, clock),
         documents=Documents(
             store,
             clock,

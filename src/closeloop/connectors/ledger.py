@@ -6,6 +6,10 @@ source per (key, time of the call): transient errors before the effect, and
 timeouts after it (the effect happened but the caller never heard), so
 retries and deduplication are exercised on every run, and a call repeated at
 the same simulated instant meets the same fault.
+
+`honours_keys = False` is a regression a drill or the demo injects (a release
+of the core that ignores idempotency keys): a retried writeback is applied
+again, which reconciliation must find.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from closeloop.connectors.port import Account, WritebackResult
+from closeloop.connectors.port import Account, Effect, WritebackResult
 from closeloop.ids import rng_for, short_digest
 
 metadata = sa.MetaData()
@@ -30,21 +34,31 @@ sor_accounts = sa.Table(
 sor_ledger = sa.Table(
     "sor_ledger",
     metadata,
-    sa.Column("idempotency_key", sa.String(128), primary_key=True),
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("idempotency_key", sa.String(128), nullable=False, index=True),
     sa.Column("operation", sa.String(64), nullable=False),
     sa.Column("account_id", sa.String(200), nullable=False),
     sa.Column("case_id", sa.String(64), nullable=False),
     sa.Column("payload", sa.JSON, nullable=False),
     sa.Column("reference", sa.String(64), nullable=False),
     sa.Column("at", sa.String(40), nullable=False),
+    sa.Index("ix_sor_ledger_case", "case_id"),
 )
 
 
 _record_of = sa.select(sor_accounts.c.record).where(
     sor_accounts.c.account_id == sa.bindparam("account_id")
 )
-_reference_of = sa.select(sor_ledger.c.reference).where(
-    sor_ledger.c.idempotency_key == sa.bindparam("key")
+_reference_of = (
+    sa.select(sor_ledger.c.reference)
+    .where(sor_ledger.c.idempotency_key == sa.bindparam("key"))
+    .order_by(sor_ledger.c.id)
+    .limit(1)
+)
+_effects_of = (
+    sa.select(sor_ledger.c.operation, sor_ledger.c.idempotency_key, sor_ledger.c.reference)
+    .where(sor_ledger.c.case_id == sa.bindparam("case_id"))
+    .order_by(sor_ledger.c.id)
 )
 _record_effect = sor_ledger.insert()
 
@@ -66,6 +80,7 @@ class LedgerCore:
         self.seed = seed
         self.error_rate = error_rate
         self.timeout_rate = timeout_after_commit_rate
+        self.honours_keys = True
         # Account records are written only by `add_accounts`, in this process:
         # keep them decoded (the demo reads each several times).
         self._records: dict[str, dict[str, Any]] = {}
@@ -117,7 +132,7 @@ class LedgerCore:
             rng = rng_for(self.seed, "ledger", idempotency_key, _iso(self.clock()))
             fails, times_out = rng.random() < self.error_rate, rng.random() < self.timeout_rate
             stored = c.execute(_reference_of, {"key": idempotency_key}).first()
-            if stored is not None:
+            if stored is not None and self.honours_keys:
                 if times_out:
                     return WritebackResult(ok=False, retryable=True, error="timeout")
                 return WritebackResult(ok=True, reference=stored[0])
@@ -130,6 +145,8 @@ class LedgerCore:
             if "closed" in record.get("facts", {}).get("flags", []):
                 return WritebackResult(ok=False, error="422 account is closed")
             reference = f"{operation[:3]}_{short_digest(idempotency_key)}"
+            if stored is not None:  # applied again: a new reference, as a new effect gets
+                reference += f"_{short_digest(_iso(self.clock()))[:6]}"
             c.execute(
                 _record_effect,
                 {
@@ -147,7 +164,12 @@ class LedgerCore:
             return WritebackResult(ok=False, retryable=True, error="timeout after commit")
         return WritebackResult(ok=True, reference=reference)
 
-    def effects(self) -> int:
+    def effects(self, case_id: str) -> list[Effect]:
+        with self.engine.connect() as c:
+            rows = c.execute(_effects_of, {"case_id": case_id}).all()
+        return [Effect(operation=o, idempotency_key=k, reference=r) for o, k, r in rows]
+
+    def effect_count(self) -> int:
         with self.engine.connect() as c:
             return int(c.execute(sa.select(sa.func.count()).select_from(sor_ledger)).scalar_one())
 

@@ -1,10 +1,11 @@
-"""The connector port."""
+"""The connector port: read an account, carry out a writeback; and, where the system of
+record can say what it holds for a case, list its effects (reconciliation)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,4 +47,22 @@ class Connector(Protocol):
         self, operation: str, argument: str | None, data: Mapping[str, Any], idempotency_key: str
     ) -> WritebackResult:
         """Carry out one writeback; the same key never has a second effect."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Effect:
+    """One change the system of record holds for a case: what it did, under which key."""
+
+    operation: str
+    idempotency_key: str
+    reference: str = ""
+
+
+@runtime_checkable
+class Reconcilable(Protocol):
+    """A connector whose system of record can list what it applied for a case."""
+
+    def effects(self, case_id: str) -> list[Effect]:
+        """Every effect the system of record applied for this case, in the order applied."""
         ...

@@ -104,3 +104,12 @@ class OptedOut(Event):
 @dataclass(frozen=True, kw_only=True)
 class Disputed(Event):
     reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reconciled(Event):
+    """What the system of record holds for the case was compared with what was written back:
+    effects applied more than once, and writebacks reported done that it does not hold."""
+
+    duplicated: tuple[Mapping[str, Any], ...] = ()
+    missing: tuple[Mapping[str, Any], ...] = ()

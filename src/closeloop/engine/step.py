@@ -40,6 +40,7 @@ from closeloop.engine.events import (
     Opened,
     OptedOut,
     OutcomeSubmitted,
+    Reconciled,
     TimerFired,
     WritebackFailed,
     WritebackSucceeded,
@@ -108,7 +109,9 @@ def step(case: Case, event: Event, compiled: CompiledSpec, now: datetime) -> Dec
     # A case outside the cohort is closed at once, but what the system of record says
     # of it later is still recorded: that is the control group's outcome.
     control = case.status is Status.NOT_ENROLLED and isinstance(event, BackendEvent)
-    if case.status.terminal and not isinstance(event, Opened) and not control:
+    # Reconciliation reads what was written back after the case closed.
+    late = control or isinstance(event, Reconciled)
+    if case.status.terminal and not isinstance(event, Opened) and not late:
         return _reject(case, f"case is closed ({case.status.value})")
     draft = _Draft(case, now)
     why = handler(draft, event, compiled)
@@ -561,6 +564,35 @@ def _disputed(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
     return None
 
 
+def _reconciled(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
+    assert isinstance(event, Reconciled)
+    for effect in event.duplicated:
+        d.record(
+            "writeback_duplicated",
+            event.actor,
+            f"the system of record applied {effect['operation']} {effect['times']} times",
+            **effect,
+        )
+    for effect in event.missing:
+        d.record(
+            "writeback_missing",
+            event.actor,
+            f"{effect['operation']} was reported done but the system of record does not hold it",
+            **effect,
+        )
+    found = len(event.duplicated) + len(event.missing)
+    d.record(
+        "reconciled",
+        event.actor,
+        "the system of record holds what was written back, once"
+        if not found
+        else f"{found} difference(s) with the system of record",
+        duplicated=len(event.duplicated),
+        missing=len(event.missing),
+    )
+    return None
+
+
 _HANDLERS: dict[type[Event], Callable[[_Draft, Event, CompiledSpec], str | None]] = {
     Opened: _opened,
     TimerFired: _timer,
@@ -575,4 +607,5 @@ _HANDLERS: dict[type[Event], Callable[[_Draft, Event, CompiledSpec], str | None]
     BackendEvent: _backend,
     OptedOut: _opted_out,
     Disputed: _disputed,
+    Reconciled: _reconciled,
 }

@@ -113,6 +113,14 @@ class RolloutQueries:
         )
         for cohort, n, failed in self.c.execute(checked):
             tallies.setdefault(cohort, {}).update(identity_checks=n, identity_failures=failed or 0)
+        doubled = (  # found by reconciliation with the system of record
+            sa.select(cases.c.cohort, sa.func.count(sa.distinct(cases.c.id)))
+            .select_from(case_events.join(cases, case_events.c.case_id == cases.c.id))
+            .where(opened, case_events.c.kind == "writeback_duplicated")
+            .group_by(cases.c.cohort)
+        )
+        for cohort, n in self.c.execute(doubled):
+            tallies.setdefault(cohort, {}).update(duplicate_writebacks=n)
         return tallies
 
     def resolution_times(

@@ -484,6 +484,32 @@ class Tx(RolloutQueries):
             rows.append(row)
         return rows
 
+    def cases_to_reconcile(self, settled_before: datetime, limit: int) -> list[str]:
+        """Cases whose writebacks have all finished (one at least done) before
+        `settled_before`, and which were not reconciled yet."""
+        status = outbox.c.status
+        finished = (
+            sa.select(outbox.c.case_id)
+            .where(outbox.c.kind == "writeback")
+            .group_by(outbox.c.case_id)
+            .having(
+                sa.func.sum(sa.case((status.not_in(("done", "failed")), 1), else_=0)) == 0,
+                sa.func.sum(sa.case((status == "done", 1), else_=0)) > 0,
+                sa.func.max(outbox.c.updated_at) < settled_before,
+            )
+            .subquery()
+        )
+        reconciled = sa.exists().where(
+            case_events.c.case_id == finished.c.case_id, case_events.c.kind == "reconciled"
+        )
+        stmt = (
+            sa.select(finished.c.case_id)
+            .where(~reconciled)
+            .order_by(finished.c.case_id)
+            .limit(limit)
+        )
+        return [r[0] for r in self.c.execute(stmt)]
+
     def cases_without_work(self, live: Sequence[str]) -> list[str]:
         """Of these cases, those with no timer set and no outbox row still to carry out."""
         waiting = sa.union(
