@@ -54,10 +54,10 @@ def test_spec_explain_prints_the_review_page(workdir: Path) -> None:
 
 
 def test_demo_json_summary_and_same_seed_same_summary(workdir: Path) -> None:
-    first = demo_json("--accounts", "150", "--days", "10", "--out", str(workdir / "a"), cwd=workdir)
-    second = demo_json(
-        "--accounts", "150", "--days", "10", "--out", str(workdir / "b"), cwd=workdir
-    )
+    # Without a rollout every case is enrolled: the customers' paths all show in a short run.
+    args = ("--accounts", "150", "--days", "10", "--rollout", "none")
+    first = demo_json(*args, "--out", str(workdir / "a"), cwd=workdir)
+    second = demo_json(*args, "--out", str(workdir / "b"), cwd=workdir)
     for key in (
         "accounts",
         "cases",
@@ -90,9 +90,7 @@ def test_demo_json_summary_and_same_seed_same_summary(workdir: Path) -> None:
     assert first["duplicate_writebacks"] == 0
     first.pop("database"), second.pop("database")
     assert first == second
-    third = demo_json(
-        "--accounts", "150", "--days", "10", "--seed", "8", "--out", str(workdir / "c"), cwd=workdir
-    )
+    third = demo_json(*args, "--seed", "8", "--out", str(workdir / "c"), cwd=workdir)
     assert third["messages_sent"] != first["messages_sent"]
 
 
@@ -107,6 +105,12 @@ def test_demo_refuses_bad_flags(workdir: Path) -> None:
     assert done.returncode == 2 and "accounts" in done.stderr
     pigeon = run("demo", "--providers", "pigeon", cwd=workdir)
     assert pigeon.returncode == 2 and "--providers must be sink or sandbox" in pigeon.stderr
+    both = run("demo", "--cohort", "50", cwd=workdir)
+    assert both.returncode == 2 and "--cohort applies without a rollout" in both.stderr
+    lone = run("demo", "--rollout", "none", "--inject-regression", cwd=workdir)
+    assert lone.returncode == 2 and "--inject-regression needs a rollout" in lone.stderr
+    missing = run("demo", "--rollout", "nowhere.yaml", cwd=workdir)
+    assert missing.returncode == 2 and "no plan file nowhere.yaml" in missing.stderr
 
 
 def test_ingest_reports_bad_rows_by_line_and_keeps_good_ones(workdir: Path) -> None:
@@ -280,7 +284,8 @@ def test_rollout_validate_shows_each_arm_sample_or_every_problem(workdir: Path) 
 
 def test_rollout_status_reads_the_gate_table_from_a_run(workdir: Path) -> None:
     out = workdir / "half"
-    demo_json("--accounts", "300", "--days", "10", "--cohort", "50", "--out", str(out), cwd=workdir)
+    demo_json("--accounts", "300", "--days", "10", "--rollout", "none", "--cohort", "50",
+              "--out", str(out), cwd=workdir)  # fmt: skip
     plan = ROOT / "examples" / "rollouts" / "failed_payment.yaml"
     env = {"CLOSELOOP_DATA_DIR": str(out)}
     shown = run("rollout", "status", "--plan", str(plan), "--stage", "quarter", "--json",

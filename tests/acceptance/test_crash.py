@@ -13,7 +13,7 @@ import pytest
 
 from tests.acceptance.conftest import CLI, demo_json, run
 
-ARGS = ["--accounts", "300", "--days", "12", "--seed", "11"]
+ARGS = ["--accounts", "300", "--days", "12", "--seed", "11", "--rollout", "none"]
 
 
 def sim_day(world: Path) -> float:

@@ -163,6 +163,25 @@ def test_a_message_that_reaches_dispatch_at_night_waits_for_the_morning(
     assert [m["channel"] for m in app.sink.delivered_after(0)] == ["email"]
 
 
+def test_a_message_held_overnight_does_not_go_once_the_case_has_closed(
+    app: App, clock: SimClock
+) -> None:
+    """Paid elsewhere at 07:00: the 'your payment was declined' email due at 08:00 stays."""
+    from closeloop.app import TriggerIn
+
+    (result,) = app.runtime.intake([trigger()])
+    assert result.case_id is not None
+    clock.set(datetime(2026, 3, 3, 3, 30, tzinfo=UTC))
+    app.work()  # deferred by quiet hours to 08:00 New York time
+    paid = TriggerIn(id="paid", type="payment.posted", data={"account_id": "A1"})
+    app.runtime.intake([paid])
+    clock.set(datetime(2026, 3, 3, 13, 0, tzinfo=UTC))
+    app.work()
+    assert app.sink.delivered_after(0) == []
+    with app.store.read() as tx:
+        assert tx.contact_decisions()["blocked"] == {"case_closed": 1}
+
+
 def test_every_email_carries_a_working_unsubscribe_link(app: App) -> None:
     (result,) = app.runtime.intake([trigger()])
     app.work()

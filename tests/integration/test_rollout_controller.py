@@ -25,6 +25,7 @@ rollout: pilot_rollout
 version: 1
 workflow: failed_payment
 promotion: {promotion}
+sequential_tuning: 100
 stages:
   - name: pilot
     share: 5
@@ -223,3 +224,22 @@ def test_each_arm_gets_its_treatment_and_the_report_reads_every_arm(app: App) ->
     app.rollouts.promote("pilot_rollout", actor="ops@bank", reason="done")
     done = app.rollouts.report("pilot_rollout")  # a completed rollout still reports
     assert done["state"] == "completed" and done["stages_reached"] == ["pilot", "everyone"]
+
+
+def test_a_paused_rollout_does_not_hold_the_messages_of_closed_cases_forever(app: App) -> None:
+    app.rollouts.start(PLAN.format(promotion="approval"), filename="plan.yaml",
+                       actor="ops@bank", reason="go")  # fmt: skip
+    results = app.runtime.intake([trigger(f"t8-{a}", a) for a in ACCOUNTS[:300]])
+    app.rollouts.halt("pilot_rollout", actor="ops@bank", reason="complaint")
+    app.work()
+    clock = app.clock
+    assert isinstance(clock, SimClock)
+    clock.advance(timedelta(days=9))  # the enrolled cases expire while the rollout is halted
+    app.work()
+    with app.store.read() as tx:
+        waiting = tx.c.execute(
+            sa.select(sa.func.count()).select_from(outbox)
+            .where(outbox.c.status.not_in(("done", "failed")))
+        ).scalar_one()  # fmt: skip
+    assert waiting == 0 and all(app.runtime.case(r.case_id).status.terminal
+                                for r in results if r.case_id)  # fmt: skip

@@ -58,7 +58,7 @@ def test_open_sends_first_email_and_sets_cadence_and_expiry(compiled: CompiledSp
 
 def test_legal_hold_is_ineligible_with_the_rule_reason(compiled: CompiledSpec) -> None:
     d = opened(compiled, flags=["litigation"])
-    assert d.case.status is Status.INELIGIBLE
+    assert d.case.status is Status.INELIGIBLE and d.case.cohort == "ineligible"
     assert d.case.reason == "account under legal hold"
     assert d.history[-1].data["rule"] == "no_legal_hold"
     assert not d.intents and not d.timers

@@ -115,11 +115,18 @@ def test_worse_than_control_fails_its_gate_and_guardrails_halt() -> None:
     halted = judge(plan, pilot, enrolled=duplicated, control=tally(16_000, 6_000), arms=skewed,
                    elapsed=timedelta(days=20))  # fmt: skip
     reasons = " | ".join(halted.breaches)
-    assert "duplicate writebacks: 1 > 0" in reasons
+    assert "duplicate writebacks found by reconciliation: 1 case(s) > 0" in reasons
     assert "opt_out_rate: 5.00% > 2.00%" in reasons
     assert "sample ratio mismatch: arms got [700, 100]" in reasons
     nothing = judge(plan, pilot, enrolled=Tally(), control=Tally(), elapsed=timedelta(0))
     assert all(g.passed is None for g in nothing.gates) and not nothing.breaches
+    # A rate halts when it is above its ceiling with confidence, not on the first few cases.
+    early = judge(plan, pilot, enrolled=tally(10, 5, opt_outs=1), control=Tally(),
+                  elapsed=timedelta(days=1))  # fmt: skip
+    assert not early.breaches  # 10% of 10 cases: the interval reaches down to 0
+    alone = judge(plan, pilot, enrolled=tally(1, 0, opt_outs=1), control=Tally(),
+                  elapsed=timedelta(days=1))  # fmt: skip
+    assert not alone.breaches  # 1 of 1: no interval of zero width
 
 
 def test_each_gate_is_judged_over_its_own_window() -> None:

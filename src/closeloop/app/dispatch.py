@@ -320,6 +320,13 @@ class Dispatcher:
             if case is None:
                 verdicts[item.id] = Verdict(action="block", reason="no_consent", detail="no case")
                 continue
+            if case.status.terminal:  # resolved, expired or opted out while it waited
+                verdicts[item.id] = Verdict(
+                    action="block",
+                    reason="case_closed",
+                    detail=f"the case closed ({case.status.value}) before the message went",
+                )
+                continue
             if (
                 paused
                 and case.cohort not in ("control", "outside")

@@ -57,10 +57,15 @@ class Rollouts:
         self.clock = clock
         self._segments: dict[tuple[str, int, int], CompiledRule | None] = {}
         self._specs: dict[str, Spec | None] = {}
+        self._plans: dict[tuple[str, int], RolloutPlan] = {}
 
     # -- reading ------------------------------------------------------------------------
     def _live(self, row: dict[str, Any]) -> Live:
-        plan = load_plan(row["plan"], filename=row["name"])
+        plan = self._plans.get((row["name"], row["version"]))
+        if plan is None:  # a plan is stored once per version and never changes
+            plan = self._plans[row["name"], row["version"]] = load_plan(
+                row["plan"], filename=row["name"]
+            )
         key = (row["name"], row["version"], row["stage"])
         if key not in self._segments:
             segment = plan.stages[row["stage"]].segment
@@ -82,6 +87,14 @@ class Rollouts:
         row = tx.live_rollout(workflow)
         return self._live(row) if row else None
 
+    def find(self, name: str) -> Live:
+        """A rollout in any state, completed ones too."""
+        with self.store.read() as tx:
+            row = tx.rollout(name)
+        if row is None:
+            raise NotFound(f"no rollout {name!r}")
+        return self._live(row)
+
     def get(self, name: str) -> Live:
         with self.store.read() as tx:
             row = tx.rollout(name)
@@ -98,14 +111,15 @@ class Rollouts:
             return tx.rollout_decisions(name)
 
     def _tallies(
-        self, live: Live, window: timedelta | None = None
+        self, live: Live, window: timedelta | None = None, since: datetime | None = None
     ) -> tuple[Tally, dict[str, Tally]]:
         """The control's tally and each enrolled cohort's (arms, or `enrolled`): this stage,
-        or its last `window`."""
+        its last `window`, or everything `since`."""
         now = self.clock.now()
-        since = (
-            live.stage_started_at if window is None else max(live.stage_started_at, now - window)
-        )
+        if since is None:
+            since = live.stage_started_at
+            if window is not None:
+                since = max(since, now - window)
         with self.store.read() as tx:  # up to and including now
             tallies = tx.rollout_tallies(live.plan.workflow, since, now + timedelta(microseconds=1))
         control = Tally(**tallies.pop(CONTROL, {}))
@@ -120,24 +134,29 @@ class Rollouts:
         for window in {g.window for g in live.stage.gates}:  # each gate over its own window
             in_window, by_cohort = self._tallies(live, window)
             windows[window] = (_sum(by_cohort.values()), in_window)
+        enrolled = _sum(cohorts.values())
+        with self.store.read() as tx:  # a duplicate halts whichever stage its case opened in
+            started = tx.rollout_started_at(live.name) or live.stage_started_at
+            doubled = tx.duplicated_cases(live.plan.workflow, started)
         return judge(
             live.plan,
             live.stage,
-            enrolled=_sum(cohorts.values()),
+            enrolled=replace(enrolled, duplicate_writebacks=doubled),
             control=control,
             arms={k: v for k, v in cohorts.items() if k in named},
             elapsed=self.clock.now() - live.stage_started_at,
             windows=windows,
         )
 
-    def arms(self, live: Live) -> dict[str, dict[str, Any]]:
+    def arms(self, live: Live, since: datetime | None = None) -> dict[str, dict[str, Any]]:
         """Each arm of the stage's experiment: its treatment, resolution against the control's,
         completion against the first arm's (both on the sequential interval, as gbstats), and
-        time to resolution."""
+        time to resolution; over the stage, or every case opened `since`."""
         if live.stage.experiment is None:
             return {}
-        control, cohorts = self._tallies(live)
-        times = self.times(live)
+        control, cohorts = self._tallies(live, since=since)
+        times = self.times(live, since)
+        n_star = live.plan.sequential_tuning
         variants = self._variants(live.plan.workflow)
         arms = live.stage.experiment.arms
         first = cohorts.get(arms[0].name, Tally())
@@ -150,23 +169,24 @@ class Rollouts:
                 "cases": t.cases,
                 "completed": t.completed,
                 "resolved": t.resolved,
-                "versus_control": _versus(control.resolved, control.cases, t.resolved, t.cases),
+                "versus_control": _versus(
+                    control.resolved, control.cases, t.resolved, t.cases, n_star=n_star
+                ),
                 "time_to_resolution": times.get(a.name),
             }
             if a is not arms[0]:
-                vs = _versus(
-                    first.completed, first.cases, t.completed, t.cases, metric="completion"
-                )
+                vs = _versus(first.completed, first.cases, t.completed, t.cases,
+                             metric="completion", n_star=n_star)  # fmt: skip
                 results[a.name]["versus_first_arm"] = vs and {"arm": arms[0].name, **vs}
         return results
 
-    def times(self, live: Live) -> dict[str, dict[str, Any]]:
-        """Time to resolution by cohort since the stage began (Kaplan-Meier: a case not
-        resolved yet counts as unresolved up to its age, or up to when it closed)."""
+    def times(self, live: Live, since: datetime | None = None) -> dict[str, dict[str, Any]]:
+        """Time to resolution by cohort since the stage began, or `since` (Kaplan-Meier: a
+        case not resolved yet counts as unresolved up to its age, or up to when it closed)."""
         now = self.clock.now()
         with self.store.read() as tx:
             rows = tx.resolution_times(
-                live.plan.workflow, live.stage_started_at, now + timedelta(microseconds=1)
+                live.plan.workflow, since or live.stage_started_at, now + timedelta(microseconds=1)
             )
         follow_up = self._follow_up(live.plan.workflow)
         spans: dict[str, tuple[list[float], list[bool]]] = {}
@@ -213,11 +233,7 @@ class Rollouts:
     def report(self, name: str) -> dict[str, Any]:
         """A rollout as people and programs read it: state, the (last) stage's gate table,
         its arms and the control, and every decision with the data it was based on."""
-        with self.store.read() as tx:
-            row = tx.rollout(name)
-        if row is None:
-            raise NotFound(f"no rollout {name!r}")
-        live = self._live(row)
+        live = self.find(name)
         control, _ = self._tallies(live)
         return {
             "rollout": name,
@@ -438,7 +454,13 @@ def _data(verdict: Verdict) -> dict[str, Any]:
 
 
 def _versus(
-    base_successes: int, base_n: int, successes: int, n: int, *, metric: str = "resolution"
+    base_successes: int,
+    base_n: int,
+    successes: int,
+    n: int,
+    *,
+    metric: str = "resolution",
+    n_star: float,
 ) -> dict[str, Any] | None:
     """One rate against another on the sequential interval; None until both have data."""
     if not (base_n and n and base_successes):
@@ -447,6 +469,7 @@ def _versus(
         Proportion(successes=base_successes, n=base_n),
         Proportion(successes=successes, n=n),
         sequential=True,
+        n_star=n_star,
     )
     return {
         "metric": metric,

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -490,7 +491,24 @@ def demo(
     ),
     as_json: Annotated[bool, typer.Option("--json")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="continue a killed run")] = False,
-    cohort: Annotated[float, typer.Option(min=0, max=100, help="rollout cohort, %")] = 100.0,
+    rollout: Annotated[
+        str,
+        typer.Option(
+            help="the rollout plan the run goes through: demo (the packaged "
+            "examples/rollouts/demo.yaml), a plan file, or none (every case in --cohort)"
+        ),
+    ] = "demo",
+    inject_regression: Annotated[
+        bool,
+        typer.Option(
+            "--inject-regression",
+            help="from the rollout's third stage the core ignores idempotency keys: "
+            "a guardrail halts the rollout",
+        ),
+    ] = False,
+    cohort: Annotated[
+        float | None, typer.Option(min=0, max=100, help="with --rollout none: cases enrolled, %")
+    ] = None,
     providers: Annotated[
         str,
         typer.Option(
@@ -502,14 +520,25 @@ def demo(
     """Simulate a portfolio through the example workflow and report outcome metrics."""
     from contextlib import ExitStack
 
+    from closeloop.rollout.plan import load_plan
     from closeloop.sim import Params, Simulation, summarize, to_json
     from closeloop.sim.devices import DEMO_URL, Device, sandboxes
+    from closeloop.sim.rollout import RolloutDriver
+    from closeloop.sim.rollout import summary as rollout_summary
     from closeloop.sim.runner import START
     from closeloop.sim.visits import Visitor
     from closeloop.web import create_api
 
     if providers not in ("sink", "sandbox"):
         raise InputError(f"--providers must be sink or sandbox, not {providers!r}")
+    plan_source = _demo_plan(rollout)
+    if plan_source is not None and cohort is not None:
+        raise InputError("--cohort applies without a rollout: add --rollout none")
+    if plan_source is None and inject_regression:
+        raise InputError("--inject-regression needs a rollout: leave out --rollout none")
+    plan = load_plan(plan_source, filename=rollout) if plan_source else None
+    if inject_regression and plan is not None and len(plan.stages) < 3:
+        raise InputError(f"--inject-regression starts at the third stage: {rollout} has fewer")
 
     if not resume:
         _fresh(out_dir)
@@ -523,7 +552,12 @@ def demo(
         extra["send_concurrency"] = 8
     if "CLOSELOOP_CONSENT_NOTICE_VERSION" not in os.environ:
         extra["consent_notice_version"] = "demo-notices-2026-03"
-    settings = _settings(data_dir=out_dir, workflows=[EXAMPLE], cohort_percent=cohort, **extra)
+    settings = _settings(
+        data_dir=out_dir,
+        workflows=[EXAMPLE],
+        cohort_percent=100.0 if cohort is None else cohort,
+        **extra,
+    )
     if not resume and settings.database_url:
         _reset_database(settings.database_url)
     clock = SimClock(START)
@@ -534,13 +568,26 @@ def demo(
             for ch in ("email", "sms", "whatsapp")
         }
         app.channels = app.dispatcher.channels = {**app.channels, **devices}
-    params = Params(accounts=accounts, days=days, seed=seed)
+    params = Params(accounts=accounts, days=days, seed=seed, rollout=rollout,
+                    regression=inject_regression)  # fmt: skip
     database = settings.resolved_database_url()
     settle_heap()
     visitor = Visitor(create_api(app), DEMO_URL, app.sink.engine)
+    driver = None
+    if plan is not None:
+        driver = RolloutDriver(
+            app,
+            plan.rollout,
+            start=START,
+            end=START + timedelta(days=days),
+            regression_from=plan.stages[2].name if inject_regression else None,
+        )
     try:
-        sim = Simulation(app, clock, params, visitor)
+        sim = Simulation(app, clock, params, visitor, schedule=driver)
         sim.prepare(resume=resume)
+        if plan_source is not None and not resume:
+            app.rollouts.start(plan_source, filename=rollout, actor="demo",
+                               reason="the demo's rollout begins with its pilot")  # fmt: skip
         with Progress(
             TextColumn("simulated day {task.completed:.1f}/{task.total:.0f}"),
             BarColumn(),
@@ -552,6 +599,10 @@ def demo(
             sim.run(lambda done, total: bar.update(task, completed=done))
         summary = summarize(app, params, database)
         summary["providers"] = providers
+        if plan is not None:
+            summary["rollout"] = rollout_summary(
+                app, plan.rollout, START, regression=inject_regression
+            )
         with app.store.read() as tx:
             example = tx.first_case_id(Status.RESOLVED)
     finally:
@@ -569,6 +620,19 @@ def demo(
     if example:
         print("one resolved case, with its whole history:")
         print(f"  CLOSELOOP_DATA_DIR={out_dir} closeloop case show {example}")  # one line to copy
+
+
+DEMO_PLAN = EXAMPLE.parent / "rollouts" / "demo.yaml"
+
+
+def _demo_plan(rollout: str) -> str | None:
+    """The text of the demo's rollout plan: the packaged one, a file, or none."""
+    if rollout == "none":
+        return None
+    path = DEMO_PLAN if rollout == "demo" else Path(rollout)
+    if not path.is_file():
+        raise InputError(f"--rollout: no plan file {rollout} (demo, none or a file)")
+    return path.read_text()
 
 
 def _fresh(out_dir: Path) -> None:
@@ -752,9 +816,40 @@ def _print_summary(s: dict[str, Any], out_dir: Path) -> None:
     blocked = ", ".join(f"{r.replace('_', ' ')} {n}" for r, n in s["blocked"].items()) or "none"
     out.print(f"messages blocked by contact policy: {blocked}")
     out.print(f"opt-outs recorded: {s['opt_outs']}")
+    if "rollout" in s:
+        _print_rollout(s["rollout"])
     out.print(f"database: {s['database']}")
     out.print(f"report:   {out_dir / 'report.json'}")
     out.print("what the numbers mean: docs/demo.md")
+
+
+def _print_rollout(r: dict[str, Any]) -> None:
+    reached = " -> ".join(r["stages_reached"])
+    out.print(f"rollout {r['plan']}: {r['state']} ({reached})", soft_wrap=True)
+    log = Table(title="rollout decisions")
+    for column in ("day", "decision", "stage", "who", "why"):
+        log.add_column(column)
+    for d in r["decisions"]:
+        log.add_row(f"{d['day']:.1f}", d["action"], d["stage"], d["actor"], d["reason"])
+    out.print(log)
+    if not r["arms"]:
+        return
+    arms = Table(title="experiment arms (every case each arm took)")
+    for column in ("arm", "treatment", "cases", "completion", "vs first arm", "median to resolve"):
+        arms.add_column(column)
+    for name, a in r["arms"].items():
+        vs = a["versus_first_arm"]
+        versus = (
+            "-" if name == next(iter(r["arms"]))
+            else "no data yet" if vs is None
+            else f"{vs['difference']:+.1%} ({vs['interval'][0]:+.1%} to "
+            f"{vs['interval'][1]:+.1%}), {vs['chance_to_win']:.0%} to win"
+        )  # fmt: skip
+        rate = "-" if a["completion_rate"] is None else f"{a['completion_rate']:.1%}"
+        hours = a["median_hours_to_resolution"]
+        arms.add_row(name, a["treatment"], str(a["cases"]), rate, versus,
+                     "-" if hours is None else f"{hours:.1f} h")  # fmt: skip
+    out.print(arms)
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ Reason = Literal[
     "quiet_hours",
     "no_common_hours",
     "rollout_halted",  # the case's rollout is halted and pauses the outreach of enrolled cases
+    "case_closed",  # the case closed while its message waited (quiet hours, a halt)
 ]
 
 

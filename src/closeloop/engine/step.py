@@ -132,7 +132,8 @@ def _opened(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
         workflow=spec.key,
     )
     verdict = policy.eligibility(compiled, d.case.data, d.case.account)
-    if not verdict.eligible:
+    if not verdict.eligible:  # decided before any assignment: in no cohort, no arm
+        d.change(cohort="ineligible")
         d.close(Status.INELIGIBLE, "policy", verdict.reason or "", rule=verdict.rule)
         return None
     if not event.enrolled:

@@ -69,8 +69,11 @@ class Verdict:
 
 
 def _interval(successes: int, n: int, alpha: float, n_star: float) -> tuple[float, float]:
-    rate = successes / n
-    half = sequential_halfwidth(rate * (1 - rate), n, alpha, sequential_rho(alpha, n_star))
+    """A rate's always-valid interval. Its variance is taken at (s + 1) / (n + 2), so that
+    1 opt-out in 1 case or none in 50 gets an interval of some width, not a point."""
+    rate, smoothed = successes / n, (successes + 1) / (n + 2)
+    variance = smoothed * (1 - smoothed)
+    half = sequential_halfwidth(variance, n, alpha, sequential_rho(alpha, n_star))
     return max(0.0, rate - half), min(1.0, rate + half)
 
 
@@ -138,7 +141,6 @@ def judge(
     control: Tally,
     arms: Mapping[str, Tally] | None = None,
     elapsed: timedelta,
-    n_star: float = 5000,
     windows: Mapping[timedelta, tuple[Tally, Tally]] | None = None,
 ) -> Verdict:
     """The stage's gate table, its minimums, and the guardrails it breaks.
@@ -147,6 +149,7 @@ def judge(
     cases opened within it; a gate without one is judged on the whole stage.
     """
     windows = windows or {}
+    n_star = plan.sequential_tuning
     gates = tuple(
         judge_gate(g, *windows.get(g.window, (enrolled, control)), n_star=n_star)
         for g in stage.gates
@@ -210,12 +213,19 @@ def breaches(
         if rail.metric == "duplicate_writebacks":
             if enrolled.duplicate_writebacks > rail.above:
                 broken.append(
-                    f"duplicate writebacks: {enrolled.duplicate_writebacks} > {rail.above:g}"
+                    f"duplicate writebacks found by reconciliation: "
+                    f"{enrolled.duplicate_writebacks} case(s) > {rail.above:g}"
                 )
             continue
+        # A rate halts when it is above its ceiling with confidence: the low end of its
+        # sequential interval, so one opt-out among a stage's first ten cases does not.
         successes, n = enrolled.counts(rail.metric)
-        if n and successes / n > rail.above:
+        if not n:
+            continue
+        low, _ = _interval(successes, n, 0.05, plan.sequential_tuning)
+        if low > rail.above:
             broken.append(
-                f"{rail.metric}: {successes / n:.2%} > {rail.above:.2%} ({successes}/{n})"
+                f"{rail.metric}: {successes / n:.2%} > {rail.above:.2%} ({successes}/{n}; "
+                f"at least {low:.2%} with 95% confidence)"
             )
     return broken

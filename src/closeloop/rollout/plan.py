@@ -150,6 +150,9 @@ class RolloutPlan(_Strict):
     on_halt: Literal["pause_outreach", "let_finish"] = "pause_outreach"
     stages: list[Stage] = Field(min_length=1)
     guardrails: list[Guardrail] = Field(default_factory=list)
+    # gbstats' sequential tuning parameter: the sample at which the confidence sequence is
+    # narrowest; set it near the cases a stage is expected to judge (docs/rollout.md).
+    sequential_tuning: float = Field(default=5000, gt=0, le=10_000_000)
 
 
 def load_plan(text: str, *, filename: str = "<rollout>") -> RolloutPlan:

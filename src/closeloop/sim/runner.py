@@ -73,6 +73,8 @@ class Params:
     accounts: int
     days: int
     seed: int
+    rollout: str = "none"  # the demo's rollout plan: demo, a file, or none
+    regression: bool = False  # whether a regression is injected in its third stage
 
 
 Progress = Callable[[float, float], None]

@@ -276,7 +276,7 @@ class ContactPolicy(SpecModel):
 
 
 # Cohorts a case can be in besides an experiment's arms: a variant cannot take their names.
-RESERVED_COHORTS = ("control", "outside", "enrolled")
+RESERVED_COHORTS = ("control", "outside", "enrolled", "ineligible")
 
 
 class Variant(SpecModel):

@@ -146,3 +146,23 @@ class RolloutQueries:
             cases.c.cohort != "outside",
         )
         return [tuple(row) for row in self.c.execute(stmt)]
+
+    def rollout_started_at(self, name: str) -> datetime | None:
+        stmt = sa.select(sa.func.min(rollout_decisions.c.at)).where(
+            rollout_decisions.c.rollout == name
+        )
+        return self.c.execute(stmt).scalar_one_or_none()
+
+    def duplicated_cases(self, workflow: str, since: datetime) -> int:
+        """Enrolled cases opened since then in which reconciliation found a duplicate."""
+        stmt = (
+            sa.select(sa.func.count(sa.distinct(cases.c.id)))
+            .select_from(case_events.join(cases, case_events.c.case_id == cases.c.id))
+            .where(
+                cases.c.workflow.like(f"{workflow}@%"),
+                cases.c.opened_at >= since,
+                cases.c.cohort.not_in(("control", "outside")),
+                case_events.c.kind == "writeback_duplicated",
+            )
+        )
+        return int(self.c.execute(stmt).scalar_one())

@@ -1,0 +1,70 @@
+"""The demo runs a whole rollout: a 5% pilot, promotion on gates, an experiment, a halt."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from tests.acceptance.conftest import demo_json
+
+
+def test_the_demo_rolls_out_from_a_pilot_to_everyone_and_compares_the_arms(
+    workdir: Path,
+) -> None:
+    summary = demo_json("--out", str(workdir / "demo"), cwd=workdir)  # 2,000 accounts, 30 days
+    rollout = summary["rollout"]
+    assert rollout["plan"] == "failed_payment_demo" and rollout["state"] == "completed"
+    assert rollout["stages_reached"] == ["pilot", "quarter", "half", "everyone"]
+    decisions = rollout["decisions"]
+    assert [(d["action"], d["stage"]) for d in decisions] == [
+        ("start", "pilot"), ("promote", "pilot"), ("promote", "quarter"),
+        ("promote", "half"), ("promote", "everyone"),
+    ]  # fmt: skip
+    assert all(d["actor"] == "controller" and d["reason"] == "every gate passed"
+               for d in decisions[1:])  # fmt: skip
+    days = [d["day"] for d in decisions]
+    assert days == sorted(days) and days[1] >= 7  # the pilot's minimum duration
+    arms = rollout["arms"]
+    assert arms["email_first"]["treatment"] == "the workflow's own"
+    assert arms["sms_first"]["treatment"] == "variant sms_first"
+    assert min(a["cases"] for a in arms.values()) >= 150  # each arm near its sample (173)
+    versus = arms["sms_first"]["versus_first_arm"]
+    assert versus["arm"] == "email_first" and versus["interval"][0] < versus["difference"]
+    assert 0 <= versus["chance_to_win"] <= 1
+    assert summary["duplicate_writebacks"] == 0 and summary["live_cases"] == 0
+    with sqlite3.connect(workdir / "demo" / "closeloop.db") as db:
+        cohorts = dict(db.execute("SELECT cohort, count(*) FROM cases GROUP BY cohort"))
+    assert cohorts["control"] > cohorts["enrolled"] > 0  # the pilot's 95% and the rest
+    assert cohorts["email_first"] == arms["email_first"]["cases"]
+
+
+def test_an_injected_regression_breaks_a_guardrail_and_halts_the_rollout(workdir: Path) -> None:
+    out = workdir / "regression"
+    summary = demo_json("--inject-regression", "--out", str(out), cwd=workdir)
+    rollout = summary["rollout"]
+    assert rollout["regression_injected"] and rollout["state"] == "halted"
+    assert rollout["stages_reached"] == ["pilot", "quarter", "half"]
+    halt = rollout["decisions"][-1]
+    assert (halt["action"], halt["stage"], halt["actor"]) == ("halt", "half", "guardrail")
+    assert halt["reason"].startswith("duplicate writebacks found by reconciliation")
+    assert summary["duplicate_writebacks"] > 0  # what the core holds twice
+    with sqlite3.connect(out / "closeloop.db") as db:
+        (halted_at,) = db.execute(
+            "SELECT at FROM rollout_decisions WHERE action = 'halt'"
+        ).fetchone()
+        after = dict(db.execute(
+            "SELECT cohort, count(*) FROM cases WHERE opened_at > ? GROUP BY cohort", (halted_at,)
+        ))  # fmt: skip
+        sent = db.execute(
+            "SELECT count(*) FROM outbox o JOIN cases c ON c.id = o.case_id "
+            "WHERE o.kind = 'message' AND o.status = 'done' AND o.updated_at > ? "
+            "AND c.cohort NOT IN ('control', 'outside')",
+            (halted_at,),
+        ).fetchone()[0]
+        found = db.execute(
+            "SELECT count(*) FROM case_events WHERE kind = 'writeback_duplicated'"
+        ).fetchone()[0]
+    assert set(after) == {"control", "ineligible"}  # no enrolment after the halt
+    assert after["control"] > 100
+    assert sent == 0  # on_halt: pause_outreach holds the enrolled cases' messages
+    assert found > 0
