@@ -37,7 +37,7 @@ def test_spec_validate_reports_every_problem_with_position(workdir: Path) -> Non
     broken.write_text(
         EXAMPLE.read_text()
         .replace("rule: case.amount_due > 0.0", "rule: case.amount_due >")
-        .replace("template: declined_card_sms,", "template: nope,")
+        .replace("template: declined_card_sms,", "template: nope,", 1)  # not the variant's
     )
     done = run("spec", "validate", str(broken), "--json", cwd=workdir)
     assert done.returncode == 2
