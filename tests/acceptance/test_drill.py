@@ -52,6 +52,9 @@ def test_every_scenario_keeps_the_invariants(tmp_path: Path, scenario: str) -> N
     assert report["core_effects"] >= report["outcomes_accepted"]
     assert report["writebacks"]["pending"] == 0
     assert report["core_effects"] == report["writebacks"]["done"]
+    # closeloop's reconciliation, through the same faults, agrees with the core's ledger
+    assert report["reconciliation"]["cases"] > 20
+    assert report["reconciliation"]["duplicated"] == report["reconciliation"]["missing"] == 0
     assert bit(report), report
     if scenario in ("outage", "flapping"):
         assert report["breaker_openings"] >= 1

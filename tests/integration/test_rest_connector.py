@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from closeloop.app.reconcile import differences
 from closeloop.channels.devtls import dev_certificate
 from closeloop.connectors.credentials import ClientCredentialsAuth
 from closeloop.connectors.mapping import (
@@ -21,11 +22,11 @@ from closeloop.connectors.mapping import (
     load_mapping,
     load_mapping_file,
 )
-from closeloop.connectors.reference_core import ReferenceCore
+from closeloop.connectors.reference_core import ReferenceCore, core_effects
 from closeloop.connectors.rest import RestConnector
-from closeloop.errors import InputError, SpecError
+from closeloop.errors import InputError, OperationalError, SpecError
 from closeloop.store.database import create_engine
-from tests.conftest import ROOT
+from tests.conftest import NOW, ROOT
 from tests.servers import Served, free_port
 
 MAPPING = ROOT / "examples" / "connectors" / "reference_core.yaml"
@@ -100,6 +101,38 @@ def test_an_account_and_each_write_by_the_mapping(
     assert again.ok and again.reference == paid.reference  # a replay, no second effect
     assert connector.read_account("A1").facts["flags"] == []  # type: ignore[union-attr]
     assert reference.ledger() == {"effects": 3, "duplicate_keys": 0, "duplicate_outcomes": 0}
+
+
+def test_the_core_lists_what_it_holds_for_a_case_for_reconciliation(
+    core: tuple[ReferenceCore, str], connector: RestConnector
+) -> None:
+    reference, url = core
+    keys = ["case_1.paid.0.post_payment", "case_1.paid.2.note"]
+    connector.execute("post_payment", None, PAID, keys[0])
+    connector.execute("add_note", None, {**PAID, "outcome": "paid"}, keys[1])
+    connector.execute("post_payment", None, PAID, keys[0])  # a replay: still one effect
+    held = connector.effects("case_1", "A1")
+    assert [(e.operation, e.idempotency_key) for e in held] == [
+        ("post_payment", keys[0]), ("add_note", keys[1])
+    ]  # fmt: skip
+    assert connector.reconciles and connector.effects("case_2", "A1") == []
+    with reference.engine.begin() as c:  # a release of the core applies the payment again
+        c.execute(core_effects.insert().values(
+            id="pos_again", idempotency_key="other-key", operation="post_payment",
+            account_id="A1", case_id="case_1", reference=keys[0], payload={}, at=NOW,
+        ))  # fmt: skip
+    operations = ("post_payment", "add_note")
+    written = [{"idempotency_key": k, "operation": o, "status": "done",
+                "result": {"reference": e.reference}}
+               for k, o, e in zip(keys, operations, held, strict=True)]  # fmt: skip
+    found = differences("case_1", written, connector.effects("case_1", "A1"))
+    assert [d["times"] for d in found.duplicated] == [2] and not found.missing
+    faults(url, down=True)
+    with pytest.raises(OperationalError, match="without a list at data"):
+        connector.effects("case_1", "A1")
+    without = RestConnector(mapping_for(url, effects=None))
+    assert not without.reconciles
+    without.close()
 
 
 def test_errors_a_retry_can_fix_and_errors_it_cannot(
@@ -223,6 +256,11 @@ def test_a_missing_credential_is_named() -> None:
             "operations.set_arrangement.answer.fields",
             "not a dotted path",
         ),
+        (
+            "effects?case_id={case_id}",
+            "effects.path",
+            "an effects query knows account_id and case_id",
+        ),
     ],
 )
 def test_mapping_problems_say_where(change: str, where: str, message: str) -> None:
@@ -238,6 +276,7 @@ def test_mapping_problems_say_where(change: str, where: str, message: str) -> No
         "fields: {status: {equals: active}, instalments: {type: integer}}": (
             "fields: {status: {equals: active}, instalments/0: {type: integer}}"
         ),
+        "effects?case_id={case_id}": "effects?case_id={idempotency_key}",
     }[change]
     text = MAPPING.read_text().replace(change, broken, 1)
     with pytest.raises(SpecError) as caught:

@@ -52,7 +52,7 @@ class Reconciler:
 
     @property
     def enabled(self) -> bool:
-        return isinstance(self.connector, Reconcilable)
+        return isinstance(self.connector, Reconcilable) and self.connector.reconciles
 
     def run(self, limit: int = 500, *, force: bool = False) -> int:
         """Reconcile the cases whose writebacks have settled; how many were reconciled."""
@@ -64,11 +64,12 @@ class Reconciler:
         self._last = now
         assert isinstance(self.connector, Reconcilable)
         with self.store.read() as tx:
-            due = {c: tx.writebacks(c) for c in tx.cases_to_reconcile(now - self.settle, limit)}
+            settled = tx.cases_to_reconcile(now - self.settle, limit)
+            due = [(case_id, account_id, tx.writebacks(case_id)) for case_id, account_id in settled]
         done = 0
-        for case_id, writebacks in due.items():
+        for case_id, account_id, writebacks in due:
             try:
-                effects = self.connector.effects(case_id)
+                effects = self.connector.effects(case_id, account_id)
             except Exception as exc:  # the core cannot answer now: the next round asks again
                 log.warning("reconcile.unavailable", case_id=case_id, error=str(exc))
                 break

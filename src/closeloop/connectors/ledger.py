@@ -164,7 +164,9 @@ class LedgerCore:
             return WritebackResult(ok=False, retryable=True, error="timeout after commit")
         return WritebackResult(ok=True, reference=reference)
 
-    def effects(self, case_id: str) -> list[Effect]:
+    reconciles = True
+
+    def effects(self, case_id: str, account_id: str = "") -> list[Effect]:
         with self.engine.connect() as c:
             rows = c.execute(_effects_of, {"case_id": case_id}).all()
         return [Effect(operation=o, idempotency_key=k, reference=r) for o, k, r in rows]

@@ -128,6 +128,31 @@ class RestOperation(_Strict):
 _ENV = r"^[A-Z][A-Z0-9_]*$"  # an environment variable's name: secrets never live in the file
 
 
+class EffectFields(_Strict):
+    """Where each effect's parts are, by dotted path inside one item of the list."""
+
+    operation: str = Field(default="operation", pattern=_PATH)
+    idempotency_key: str = Field(pattern=_PATH)  # the key closeloop sent, as the core keeps it
+    reference: str = Field(default="id", pattern=_PATH)
+
+
+class EffectsQuery(_Strict):
+    """How to ask the core what it holds for a case (reconciliation, docs/connectors.md)."""
+
+    method: Literal["GET"] = "GET"
+    path: str = Field(pattern=r"^/\S*$")
+    items: str = Field(pattern=_PATH)  # where the list of effects is in the answer
+    fields: EffectFields
+
+    @field_validator("path")
+    @classmethod
+    def _placeholders(cls, path: str) -> str:
+        for name in _PLACEHOLDER.findall(path):
+            if name not in ("account_id", "case_id"):
+                raise ValueError(f"{{{name}}}: an effects query knows account_id and case_id")
+        return path
+
+
 class ApiKey(_Strict):
     type: Literal["api_key"]
     header: str = "Authorization"
@@ -191,6 +216,8 @@ class RestMapping(_Strict):
     operations: dict[Operation, RestOperation]
     # How to find an effect by its reference, for reads before a retry.
     find_effect: RestOperation | None = None
+    # How to list what the core holds for a case, for reconciliation.
+    effects: EffectsQuery | None = None
 
     @model_validator(mode="after")
     def _answers(self) -> RestMapping:

@@ -63,6 +63,12 @@ class Effect:
 class Reconcilable(Protocol):
     """A connector whose system of record can list what it applied for a case."""
 
-    def effects(self, case_id: str) -> list[Effect]:
-        """Every effect the system of record applied for this case, in the order applied."""
+    @property
+    def reconciles(self) -> bool:
+        """Whether this connector is set up to list effects (a mapping may not say how)."""
+        ...
+
+    def effects(self, case_id: str, account_id: str) -> list[Effect]:
+        """Every effect the system of record applied for this case, in the order applied;
+        raise OperationalError when it cannot answer now."""
         ...

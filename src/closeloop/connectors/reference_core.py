@@ -20,7 +20,8 @@ closed), malformed or truncated response bodies, and schema drift (fields
 renamed, amounts in cents). Which request meets which fault is
 drawn from a seed, the request and its attempt number, so a run repeats.
 
-- ``GET /v1/accounts/{id}``; ``GET /v1/accounts/{id}/effects?reference=R``
+- ``GET /v1/accounts/{id}``; ``GET /v1/accounts/{id}/effects?reference=R`` or
+  ``?case_id=C`` (what it holds for a closeloop case: reconciliation)
   (what a caller reads before it retries, to find an effect by its reference)
 - ``POST /v1/accounts/{id}/payments|arrangements|payment_methods|charges|notes|documents``,
   ``PATCH /v1/accounts/{id}/contact``, ``PUT|DELETE /v1/accounts/{id}/flags/{flag}``
@@ -472,19 +473,26 @@ class ReferenceCore:
             return await self._after(rng, 200, dict(row[0]))
 
         @app.get("/v1/accounts/{account_id}/effects", dependencies=api)
-        async def effects(account_id: str, reference: str, request: Request) -> Response:
-            rng = self._rng(request, reference)
+        async def effects(
+            account_id: str, request: Request, reference: str = "", case_id: str = ""
+        ) -> Response:
+            if not (reference or case_id):
+                return _error(422, "give reference or case_id")
+            rng = self._rng(request, reference or case_id)
             refused = self._before(rng)
             if refused is not None:
                 return refused
-            stmt = sa.select(core_effects).where(
-                core_effects.c.account_id == account_id, core_effects.c.reference == reference
-            )
+            stmt = sa.select(core_effects).where(core_effects.c.account_id == account_id)
+            if reference:
+                stmt = stmt.where(core_effects.c.reference == reference)
+            if case_id:
+                stmt = stmt.where(core_effects.c.case_id == case_id)
             with self.engine.connect() as c:
                 found = [
-                    {"id": r.id, "operation": r.operation, "reference": r.reference}
-                    for r in c.execute(stmt.order_by(core_effects.c.at))
-                ]
+                    {"id": r.id, "operation": r.operation, "reference": r.reference,
+                     "case_id": r.case_id}
+                    for r in c.execute(stmt.order_by(core_effects.c.at, core_effects.c.id))
+                ]  # fmt: skip
             return await self._after(rng, 200, {"data": found})
 
         @app.put("/_admin/faults", dependencies=admin)

@@ -26,7 +26,7 @@ from closeloop.connectors.mapping import (
     nest,
     render_path,
 )
-from closeloop.connectors.port import Account, WritebackResult
+from closeloop.connectors.port import Account, Effect, WritebackResult
 from closeloop.errors import OperationalError
 
 _RETRYABLE = frozenset({408, 409, 425, 429})
@@ -111,6 +111,36 @@ class RestConnector:
         except httpx.HTTPError as exc:
             return WritebackResult(ok=False, retryable=True, error=f"connection: {exc}")
         return self._result(request, answer)
+
+    @property
+    def reconciles(self) -> bool:
+        return self.mapping.effects is not None
+
+    def effects(self, case_id: str, account_id: str) -> list[Effect]:
+        """What the core holds for the case, by the mapping's `effects` query."""
+        query = self.mapping.effects
+        if query is None:
+            raise OperationalError(f"connector {self.mapping.connector} has no effects query")
+        path = render_path(query.path, {"case_id": case_id, "account_id": account_id})
+        try:
+            answer = self.client.request(query.method, path)
+        except httpx.HTTPError as exc:
+            raise OperationalError(f"connector {self.mapping.connector}: {exc}") from exc
+        items = at_path(_json(answer), query.items) if answer.status_code == 200 else None
+        if not isinstance(items, list):
+            raise OperationalError(
+                f"connector {self.mapping.connector}: the effects of case {case_id} answered "
+                f"{answer.status_code} without a list at {query.items}"
+            )
+        where = query.fields
+        return [
+            Effect(
+                operation=str(at_path(item, where.operation) or ""),
+                idempotency_key=str(at_path(item, where.idempotency_key) or ""),
+                reference=str(at_path(item, where.reference) or ""),
+            )
+            for item in items
+        ]
 
     # -- helpers --------------------------------------------------------------------
     def _send(

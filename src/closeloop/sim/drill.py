@@ -222,6 +222,7 @@ def check(app: App, scenario: Scenario, core_db: sa.Engine) -> dict[str, Any]:
         idle = tx.cases_without_work(live)
         retries = tx.writeback_retries()
         breaker = tx.connector_events().get("breaker_opened", 0)
+        reconciled = tx.event_counts(("reconciled", "writeback_duplicated", "writeback_missing"))
     by_case: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_case.setdefault(row["case_id"], []).append(row)
@@ -271,6 +272,12 @@ def check(app: App, scenario: Scenario, core_db: sa.Engine) -> dict[str, Any]:
         "exceptions_opened": sum(1 for c in cases if c.status is Status.EXCEPTION),
         "max_recovery_seconds": round(recovery, 1),
         "phantom_writebacks": len(phantom),
+        # closeloop's own check against the core's effects, case by case (docs/connectors.md)
+        "reconciliation": {
+            "cases": reconciled["reconciled"],
+            "duplicated": reconciled["writeback_duplicated"],
+            "missing": reconciled["writeback_missing"],
+        },
         "examples": {"lost": lost[:5], "stuck": idle[:5]},
     }
     report["invariants_hold"] = (

@@ -484,7 +484,17 @@ class Tx(RolloutQueries):
             rows.append(row)
         return rows
 
-    def cases_to_reconcile(self, settled_before: datetime, limit: int) -> list[str]:
+    def event_counts(self, kinds: Sequence[str]) -> dict[str, int]:
+        """How many history entries of each of these kinds there are, over every case."""
+        stmt = (
+            sa.select(case_events.c.kind, sa.func.count())
+            .where(case_events.c.kind.in_(kinds))
+            .group_by(case_events.c.kind)
+        )
+        found: dict[str, int] = {kind: n for kind, n in self.c.execute(stmt).all()}
+        return {kind: int(found.get(kind, 0)) for kind in kinds}
+
+    def cases_to_reconcile(self, settled_before: datetime, limit: int) -> list[tuple[str, str]]:
         """Cases whose writebacks have all finished (one at least done) before
         `settled_before`, and which were not reconciled yet."""
         status = outbox.c.status
@@ -503,12 +513,13 @@ class Tx(RolloutQueries):
             case_events.c.case_id == finished.c.case_id, case_events.c.kind == "reconciled"
         )
         stmt = (
-            sa.select(finished.c.case_id)
+            sa.select(finished.c.case_id, cases.c.account_id)
+            .join(cases, cases.c.id == finished.c.case_id)
             .where(~reconciled)
             .order_by(finished.c.case_id)
             .limit(limit)
         )
-        return [r[0] for r in self.c.execute(stmt)]
+        return [(case_id, account_id) for case_id, account_id in self.c.execute(stmt)]
 
     def cases_without_work(self, live: Sequence[str]) -> list[str]:
         """Of these cases, those with no timer set and no outbox row still to carry out."""
