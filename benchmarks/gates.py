@@ -5,7 +5,9 @@ workflow opened over 30 days: 5% enrolled, the rest the control; statuses,
 writebacks, identity checks and the control's outcomes in realistic shares.
 Timed: `Tx.rollout_tallies` (the aggregate queries) plus `judge` (gates with
 their confidence sequences, minimums, guardrails), as `closeloop rollout
-status` runs them. Baseline, measured in the same run: the least any gate
+status` runs them; and, separately, time to resolution by cohort
+(`Tx.resolution_times` and a Kaplan-Meier curve per cohort, as the arms'
+report reads it). Baseline, measured in the same run: the least any gate
 table needs, one bare `sqlite3` scan counting cases by cohort and status.
 
     python benchmarks/gates.py [--cases N] [--repeat K]
@@ -50,8 +52,12 @@ def fill(path: Path, n: int) -> None:
         enrolled = rng.random() < 0.05
         status = rng.choices(names, weights)[0] if enrolled else "not_enrolled"
         cohort = "enrolled" if enrolled else "control"
+        closed = (
+            datetime.strptime(opened, "%Y-%m-%d %H:%M:%S.%f")
+            + timedelta(hours=rng.expovariate(1 / 30))
+        ).strftime("%Y-%m-%d %H:%M:%S.%f")
         cases.append((case_id, "failed_payment@1", f"t{i}", f"A{i}", status, cohort, opened,
-                      opened, None, 2, "{}"))  # fmt: skip
+                      opened, closed, 2, "{}"))  # fmt: skip
         if enrolled and rng.random() < 0.6:
             passed = rng.random() < 0.9
             events.append((case_id, 3, "identity_passed" if passed else "identity_failed",
@@ -96,6 +102,28 @@ def run_closeloop(path: Path) -> tuple[float, dict[str, object]]:
     return elapsed, {"tallies": tallies, "gates": table}
 
 
+def run_times(path: Path) -> tuple[float, dict[str, object]]:
+    from closeloop.stats import kaplan_meier
+    from closeloop.store import Store
+
+    store = Store.connect(f"sqlite:///{path}")
+    now = START + timedelta(days=31)
+    started = time.perf_counter()
+    with store.read() as tx:
+        rows = tx.resolution_times("failed_payment", START, now)
+    spans: dict[str, tuple[list[float], list[bool]]] = {}
+    for cohort, status, opened, closed, outside in rows:
+        done = outside is not None if cohort == "control" else status == "resolved"
+        end = (outside or now) if cohort == "control" else (closed or now)
+        hours, flags = spans.setdefault(cohort, ([], []))
+        hours.append((end - opened).total_seconds() / 3600)
+        flags.append(done)
+    medians = {c: kaplan_meier(h, f).median for c, (h, f) in spans.items()}
+    elapsed = time.perf_counter() - started
+    store.dispose()
+    return elapsed, {"cases": len(rows), "median_hours": medians}
+
+
 def run_baseline(path: Path) -> float:
     db = sqlite3.connect(path)
     started = time.perf_counter()
@@ -117,15 +145,20 @@ def main() -> None:
         began = time.perf_counter()
         fill(path, args.cases)
         print(f"filled {args.cases:,} cases in {time.perf_counter() - began:.0f} s")
-        gates, bare, report = float("inf"), float("inf"), {}
+        gates, times, bare, report, curves = float("inf"), float("inf"), float("inf"), {}, {}
         for _ in range(args.repeat):  # interleaved; the best of each counts
             bare = min(bare, run_baseline(path))
             seconds, report = run_closeloop(path)
             gates = min(gates, seconds)
+            seconds, curves = run_times(path)
+            times = min(times, seconds)
     print(json.dumps(report["gates"]))
+    print(json.dumps(curves, default=str))
     print(f"gate table (tallies + judge)      {gates * 1000:>8,.0f} ms")
+    print(f"time to resolution (Kaplan-Meier) {times * 1000:>8,.0f} ms")
     print(f"bare count by cohort and status   {bare * 1000:>8,.0f} ms")
     print(f"gate table / bare scan            {gates / bare:>8.1f}x")
+    print(f"time to resolution / bare scan    {times / bare:>8.1f}x")
 
 
 if __name__ == "__main__":

@@ -93,3 +93,19 @@ def test_an_effect_the_core_lost_is_missing(app: App) -> None:
     (lost,) = history(app, other, "writeback_missing")
     assert lost["operation"] == "add_note"
     assert history(app, other, "reconciled") == [{"duplicated": 0, "missing": 1}]
+
+
+def test_a_core_that_cannot_answer_is_asked_again_and_no_case_is_skipped(app: App) -> None:
+    app.reconciler.run(force=True)  # the first round reads everything: nothing yet
+    ledger = app.ledger
+    effects = ledger.effects
+
+    def down(case_id: str, account_id: str = "") -> list[Any]:
+        raise OSError("the core is down")
+
+    ledger.effects = down  # type: ignore[method-assign]
+    ids = resolve_all(app, 3)  # every round while the core is down reconciles nothing
+    assert all(not history(app, c, "reconciled") for c in ids)
+    ledger.effects = effects  # type: ignore[method-assign]
+    assert app.reconciler.run(force=True) == 3  # the window it could not read, read again
+    assert all(history(app, c, "reconciled") for c in ids)

@@ -66,7 +66,7 @@ def test_migrations_bring_the_schema_to_head(app: App) -> None:
 
     from closeloop.store.tables import metadata
 
-    assert current_revision(app.store.engine) == "0007"
+    assert current_revision(app.store.engine) == "0008"
     names = set(sa.inspect(app.store.engine).get_table_names())
     assert {"cases", "case_events", "timers", "outbox", "exceptions", "links"} <= names
     assert {"consents", "contact_log", "unsubscribe_tokens", "miniapp_sessions"} <= names

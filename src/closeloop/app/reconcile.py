@@ -28,7 +28,7 @@ from closeloop.store import Store
 
 log = structlog.get_logger("closeloop.reconcile")
 SETTLE = timedelta(minutes=15)  # a writeback's last answer must be this old before a check
-EVERY = timedelta(minutes=15)  # how often a worker looks for cases to reconcile
+EVERY = timedelta(hours=1)  # how often a worker looks for cases to reconcile
 
 
 class Reconciler:
@@ -49,10 +49,10 @@ class Reconciler:
         self.settle = settle
         self.every = every
         self._last: datetime | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return isinstance(self.connector, Reconcilable) and self.connector.reconciles
+        # Cases whose last writeback finished before this were all looked at (a process
+        # starts with none: its first round reads the whole outbox once).
+        self._since: datetime | None = None
+        self.enabled = isinstance(connector, Reconcilable) and connector.reconciles
 
     def run(self, limit: int = 500, *, force: bool = False) -> int:
         """Reconcile the cases whose writebacks have settled; how many were reconciled."""
@@ -63,8 +63,9 @@ class Reconciler:
             return 0
         self._last = now
         assert isinstance(self.connector, Reconcilable)
+        cutoff = now - self.settle
         with self.store.read() as tx:
-            settled = tx.cases_to_reconcile(now - self.settle, limit)
+            settled = tx.cases_to_reconcile(cutoff, limit, since=self._since)
             due = [(case_id, account_id, tx.writebacks(case_id)) for case_id, account_id in settled]
         done = 0
         for case_id, account_id, writebacks in due:
@@ -72,9 +73,11 @@ class Reconciler:
                 effects = self.connector.effects(case_id, account_id)
             except Exception as exc:  # the core cannot answer now: the next round asks again
                 log.warning("reconcile.unavailable", case_id=case_id, error=str(exc))
-                break
+                return done
             self.runtime.apply(case_id, differences(case_id, writebacks, effects))
             done += 1
+        if len(settled) < limit:  # the window is done; a full batch leaves the rest of it
+            self._since = cutoff
         return done
 
 

@@ -494,13 +494,20 @@ class Tx(RolloutQueries):
         found: dict[str, int] = {kind: n for kind, n in self.c.execute(stmt).all()}
         return {kind: int(found.get(kind, 0)) for kind in kinds}
 
-    def cases_to_reconcile(self, settled_before: datetime, limit: int) -> list[tuple[str, str]]:
-        """Cases whose writebacks have all finished (one at least done) before
-        `settled_before`, and which were not reconciled yet."""
+    def cases_to_reconcile(
+        self, settled_before: datetime, limit: int, since: datetime | None = None
+    ) -> list[tuple[str, str]]:
+        """Cases (and their accounts) whose writebacks have all finished, one at least done,
+        the last before `settled_before` (and at or after `since`), not reconciled yet."""
         status = outbox.c.status
+        touched = sa.select(outbox.c.case_id).where(
+            outbox.c.kind == "writeback", outbox.c.updated_at < settled_before
+        )
+        if since is not None:  # the last writeback of a case finishes in exactly one window
+            touched = touched.where(outbox.c.updated_at >= since)
         finished = (
             sa.select(outbox.c.case_id)
-            .where(outbox.c.kind == "writeback")
+            .where(outbox.c.kind == "writeback", outbox.c.case_id.in_(touched))
             .group_by(outbox.c.case_id)
             .having(
                 sa.func.sum(sa.case((status.not_in(("done", "failed")), 1), else_=0)) == 0,

@@ -116,6 +116,8 @@ outbox = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("result", JSONType),
     sa.Index("ix_outbox_due", "kind", "status", "next_attempt_at"),
+    sa.Index("ix_outbox_updated", "kind", "updated_at"),  # writebacks finished lately
+    sa.Index("ix_outbox_case", "case_id", "kind"),  # a case's writebacks
     sa.Index(
         "ix_outbox_leased",
         "leased_until",
