@@ -103,25 +103,19 @@ def run_closeloop(path: Path) -> tuple[float, dict[str, object]]:
 
 
 def run_times(path: Path) -> tuple[float, dict[str, object]]:
-    from closeloop.stats import kaplan_meier
+    from closeloop.app.rollouts import resolution_curves
     from closeloop.store import Store
 
     store = Store.connect(f"sqlite:///{path}")
     now = START + timedelta(days=31)
     started = time.perf_counter()
     with store.read() as tx:
-        rows = tx.resolution_times("failed_payment", START, now)
-    spans: dict[str, tuple[list[float], list[bool]]] = {}
-    for cohort, status, opened, closed, outside in rows:
-        done = outside is not None if cohort == "control" else status == "resolved"
-        end = (outside or now) if cohort == "control" else (closed or now)
-        hours, flags = spans.setdefault(cohort, ([], []))
-        hours.append((end - opened).total_seconds() / 3600)
-        flags.append(done)
-    medians = {c: kaplan_meier(h, f).median for c, (h, f) in spans.items()}
+        curves = resolution_curves(tx, "failed_payment", START, now, timedelta(days=8))
     elapsed = time.perf_counter() - started
     store.dispose()
-    return elapsed, {"cases": len(rows), "median_hours": medians}
+    cases = {c: curve.at_risk[0] if curve.at_risk else None for c, curve in curves.items()}
+    medians = {c: curve.median for c, curve in curves.items()}
+    return elapsed, {"cases at risk at the first resolution": cases, "median_hours": medians}
 
 
 def run_baseline(path: Path) -> float:

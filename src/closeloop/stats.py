@@ -252,38 +252,48 @@ class Survival:
         return self.survival[index - 1] if index else 1.0
 
 
-def kaplan_meier(durations: Sequence[float], resolved: Sequence[bool]) -> Survival:
-    """The Kaplan-Meier estimate of staying unresolved; open cases are censored at their age."""
-    if len(durations) != len(resolved):
-        raise StatsError("one resolved flag per duration")
+def kaplan_meier(
+    durations: Sequence[float], resolved: Sequence[bool], counts: Sequence[int] | None = None
+) -> Survival:
+    """The Kaplan-Meier estimate of staying unresolved; open cases are censored at their age.
+
+    `counts`, when given, says how many cases share each (duration, resolved) pair: the
+    same estimate from a table grouped in the database.
+    """
+    weights = [1] * len(durations) if counts is None else list(counts)
+    if not len(durations) == len(resolved) == len(weights):
+        raise StatsError("one resolved flag (and one count) per duration")
     if any(d < 0 for d in durations):
         raise StatsError("durations cannot be negative")
-    pairs = sorted(zip(durations, resolved, strict=True))
-    at_risk = len(pairs)
+    if any(w < 1 for w in weights):
+        raise StatsError("counts must be at least 1")
+    pairs = sorted(zip(durations, resolved, weights, strict=True))
+    at_risk = sum(weights)
     level = 1.0
     times: list[float] = []
     levels: list[float] = []
     risks: list[int] = []
-    counts: list[int] = []
+    resolved_at: list[int] = []
     i = 0
     while i < len(pairs):
-        t, j = pairs[i][0], i
+        t, j, events, leaving = pairs[i][0], i, 0, 0
         while j < len(pairs) and pairs[j][0] == t:
+            leaving += pairs[j][2]
+            events += pairs[j][2] if pairs[j][1] else 0
             j += 1
-        events = sum(1 for _, e in pairs[i:j] if e)
         if events:
             level *= 1 - events / at_risk
             times.append(t)
             levels.append(level)
             risks.append(at_risk)
-            counts.append(events)
-        at_risk -= j - i
+            resolved_at.append(events)
+        at_risk -= leaving
         i = j
     median = next((t for t, s in zip(times, levels, strict=True) if s <= 0.5), None)
     return Survival(
         times=tuple(times),
         survival=tuple(levels),
         at_risk=tuple(risks),
-        events=tuple(counts),
+        events=tuple(resolved_at),
         median=median,
     )

@@ -106,6 +106,19 @@ def test_kaplan_meier_matches_the_textbook() -> None:
     assert curve.at(100) == curve.survival[-1]
 
 
+def test_kaplan_meier_from_a_grouped_table_is_the_same_curve() -> None:
+    weeks = [6, 6, 6, 6, 7, 9, 10, 10, 11, 13, 16, 17, 19, 20, 22, 23, 25, 32, 32, 34, 35]
+    relapsed = [True, True, True, False, True, False, True, False, False, True, True, False,
+                False, False, True, True, False, False, False, False, False]  # fmt: skip
+    table: dict[tuple[int, bool], int] = {}
+    for week, event in zip(weeks, relapsed, strict=True):
+        table[week, event] = table.get((week, event), 0) + 1
+    grouped = kaplan_meier([w for w, _ in table], [e for _, e in table], list(table.values()))
+    assert grouped == kaplan_meier(weeks, relapsed)
+    with pytest.raises(StatsError, match="counts must be at least 1"):
+        kaplan_meier([1.0], [True], [0])
+
+
 def test_kaplan_meier_is_linear_in_ties() -> None:
     # A million cases on a few hundred distinct hours: one pass, not one per tie.
     hours = [float(i % 240) for i in range(1_000_000)]

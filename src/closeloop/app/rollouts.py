@@ -28,7 +28,7 @@ from closeloop.rollout.plan import RolloutPlan, Stage, load_plan
 from closeloop.spec.loader import load_spec
 from closeloop.spec.model import Spec
 from closeloop.spec.rules import ACCOUNT_FIELDS, CompiledRule, compile_rule
-from closeloop.stats import Proportion, compare, kaplan_meier
+from closeloop.stats import Proportion, Survival, compare, kaplan_meier
 from closeloop.store import Store, Tx
 
 LIVE = ("running", "held", "halted")
@@ -183,25 +183,13 @@ class Rollouts:
     def times(self, live: Live, since: datetime | None = None) -> dict[str, dict[str, Any]]:
         """Time to resolution by cohort since the stage began, or `since` (Kaplan-Meier: a
         case not resolved yet counts as unresolved up to its age, or up to when it closed)."""
-        now = self.clock.now()
+        follow_up = self._follow_up(live.plan.workflow)  # a left-out case: as long as any
         with self.store.read() as tx:
-            rows = tx.resolution_times(
-                live.plan.workflow, since or live.stage_started_at, now + timedelta(microseconds=1)
+            curves = resolution_curves(
+                tx, live.plan.workflow, since or live.stage_started_at, self.clock.now(), follow_up
             )
-        follow_up = self._follow_up(live.plan.workflow)
-        spans: dict[str, tuple[list[float], list[bool]]] = {}
-        for cohort, status, opened, closed, outside in rows:
-            if cohort == CONTROL:  # resolved elsewhere, seen for as long as an enrolled case
-                done, end = outside is not None, outside or min(now, opened + follow_up)
-            else:
-                done = status in ("resolved", "resolved_elsewhere")
-                end = closed or now
-            hours, flags = spans.setdefault(cohort, ([], []))
-            hours.append(max(0.0, (end - opened).total_seconds() / 3600))
-            flags.append(done)
         out = {}
-        for cohort, (hours, flags) in spans.items():
-            curve = kaplan_meier(hours, flags)
+        for cohort, curve in curves.items():
             out[cohort] = {
                 "median_hours": None if curve.median is None else round(curve.median, 2),
                 "resolved_within_1d": round(1 - curve.at(24), 4),
@@ -428,6 +416,20 @@ def _sum(tallies: Any) -> Tally:
         for f in fields:
             total[f] += getattr(t, f)
     return Tally(**total)
+
+
+def resolution_curves(
+    tx: Tx, workflow: str, since: datetime, now: datetime, follow_up: timedelta
+) -> dict[str, Survival]:
+    """Each cohort's Kaplan-Meier curve of time to resolution, in hours, from a table the
+    database groups (one row per cohort, hundredth of an hour and outcome)."""
+    grouped: dict[str, tuple[list[float], list[bool], list[int]]] = {}
+    for cohort, hours, done, n in tx.resolution_times(workflow, since, now, follow_up):
+        spans, flags, counts = grouped.setdefault(cohort, ([], [], []))
+        spans.append(hours)
+        flags.append(done)
+        counts.append(n)
+    return {c: kaplan_meier(h, f, counts=n) for c, (h, f, n) in grouped.items()}
 
 
 def _reached(live: Live) -> list[str]:

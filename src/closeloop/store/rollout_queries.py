@@ -6,12 +6,19 @@ the engine's case, timer and outbox statements.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
-from closeloop.store.tables import case_events, cases, outbox, rollout_decisions, rollouts
+from closeloop.store.tables import (
+    UTCDateTime,
+    case_events,
+    cases,
+    outbox,
+    rollout_decisions,
+    rollouts,
+)
 
 
 class RolloutQueries:
@@ -123,11 +130,22 @@ class RolloutQueries:
             tallies.setdefault(cohort, {}).update(duplicate_writebacks=n)
         return tallies
 
+    def _hours(self, end: Any, start: Any) -> Any:
+        """Hours from `start` to `end`, in the database (both are UTC times)."""
+        if self.c.dialect.name == "sqlite":
+            return (sa.func.julianday(end) - sa.func.julianday(start)) * 24.0
+        return sa.extract("epoch", end - start) / 3600.0
+
     def resolution_times(
-        self, workflow: str, since: datetime, until: datetime
-    ) -> list[tuple[str, str, datetime, datetime | None, datetime | None]]:
-        """Each eligible case opened in [since, until): cohort, status, when it opened, when it
-        closed, and when a case left out of the rollout was resolved elsewhere."""
+        self, workflow: str, since: datetime, now: datetime, follow_up: timedelta
+    ) -> list[tuple[str, float, bool, int]]:
+        """Time to resolution of the eligible cases opened in [since, now], grouped in the
+        database: (cohort, hours to the hundredth, resolved, cases). An enrolled case runs
+        to its close (resolved or resolved elsewhere ends it; any other close, or none yet,
+        censors it); a case left out runs to its resolution elsewhere, or is censored after
+        `follow_up` (or now)."""
+        at_now = sa.literal(now, UTCDateTime())
+        opened = cases.c.opened_at
         outside_at = (
             sa.select(sa.func.min(case_events.c.at))
             .where(
@@ -136,16 +154,35 @@ class RolloutQueries:
             )
             .scalar_subquery()
         )
-        stmt = sa.select(
-            cases.c.cohort, cases.c.status, cases.c.opened_at, cases.c.closed_at, outside_at
-        ).where(
-            cases.c.workflow.like(f"{workflow}@%"),
-            cases.c.opened_at >= since,
-            cases.c.opened_at < until,
-            cases.c.status != "ineligible",
-            cases.c.cohort != "outside",
+        age = self._hours(at_now, opened)
+        watched = follow_up.total_seconds() / 3600
+        control = cases.c.cohort == "control"
+        hours = sa.case(
+            (control & outside_at.is_not(None), self._hours(outside_at, opened)),
+            (control & (age < watched), age),
+            (control, sa.literal(watched)),
+            else_=self._hours(sa.func.coalesce(cases.c.closed_at, at_now), opened),
         )
-        return [tuple(row) for row in self.c.execute(stmt)]
+        done = sa.case(
+            (control, outside_at.is_not(None)),
+            else_=cases.c.status.in_(("resolved", "resolved_elsewhere")),
+        )
+        rounded = sa.func.round(sa.cast(hours, sa.Numeric), 2)
+        stmt = (
+            sa.select(cases.c.cohort, rounded, done, sa.func.count())
+            .where(
+                cases.c.workflow.like(f"{workflow}@%"),
+                opened >= since,
+                opened <= now,
+                cases.c.status != "ineligible",
+                cases.c.cohort != "outside",
+            )
+            .group_by(cases.c.cohort, rounded, done)
+        )
+        return [
+            (cohort, max(0.0, float(h)), bool(d), int(n))
+            for cohort, h, d, n in self.c.execute(stmt)
+        ]
 
     def rollout_started_at(self, name: str) -> datetime | None:
         stmt = sa.select(sa.func.min(rollout_decisions.c.at)).where(
