@@ -148,14 +148,19 @@ class Rollouts:
             windows=windows,
         )
 
-    def arms(self, live: Live, since: datetime | None = None) -> dict[str, dict[str, Any]]:
+    def arms(
+        self,
+        live: Live,
+        since: datetime | None = None,
+        times: dict[str, dict[str, Any]] | None = None,
+    ) -> dict[str, dict[str, Any]]:
         """Each arm of the stage's experiment: its treatment, resolution against the control's,
         completion against the first arm's (both on the sequential interval, as gbstats), and
         time to resolution; over the stage, or every case opened `since`."""
         if live.stage.experiment is None:
             return {}
         control, cohorts = self._tallies(live, since=since)
-        times = self.times(live, since)
+        times = self.times(live, since) if times is None else times
         n_star = live.plan.sequential_tuning
         variants = self._variants(live.plan.workflow)
         arms = live.stage.experiment.arms
@@ -223,6 +228,7 @@ class Rollouts:
         its arms and the control, and every decision with the data it was based on."""
         live = self.find(name)
         control, _ = self._tallies(live)
+        times = self.times(live)
         return {
             "rollout": name,
             "workflow": live.plan.workflow,
@@ -231,11 +237,11 @@ class Rollouts:
             "share": live.stage.share,
             "stage_started_at": live.stage_started_at.isoformat(),
             "stages_reached": _reached(live),
-            **self._evidence(live, self.verdict(live)),
+            **self._evidence(live, self.verdict(live), times),
             "control": {
                 "cases": control.cases,
                 "resolved": control.resolved,
-                "time_to_resolution": self.times(live).get(CONTROL),
+                "time_to_resolution": times.get(CONTROL),
             },
             "decisions": [
                 {
@@ -250,9 +256,11 @@ class Rollouts:
             ],
         }
 
-    def _evidence(self, live: Live, verdict: Verdict) -> dict[str, Any]:
+    def _evidence(
+        self, live: Live, verdict: Verdict, times: dict[str, dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         """What a decision is based on: the gate table and the experiment's arms."""
-        return {**_data(verdict), "arms": self.arms(live)}
+        return {**_data(verdict), "arms": self.arms(live, times=times)}
 
     def paused(self, tx: Tx, workflows: set[str]) -> set[str]:
         """Of these workflows, those whose rollout is halted with `on_halt: pause_outreach`."""
