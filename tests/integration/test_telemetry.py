@@ -77,6 +77,49 @@ def test_sends_holds_and_sms_segments_are_counted_and_served(app: App, clock: Si
     assert cost == pytest.approx(float(COST * parts.segments))
 
 
+def test_the_state_of_the_system_is_read_at_each_scrape(app: App, clock: SimClock) -> None:
+    """Cases by state, work due and how late, the breaker, writeback latency, rollouts."""
+    client = TestClient(create_api(app))
+    (first,) = app.runtime.intake([trigger("t1")])
+    app.runtime.intake([trigger("t2", account="A2")])
+    clock.advance(timedelta(minutes=10))  # two first emails have waited ten minutes
+    got = samples(client.get("/metrics").text)
+    assert got[("closeloop_cases", (("status", "outreach"),))] == 2
+    assert got[("closeloop_queue_depth", (("kind", "message"),))] == 2
+    assert got[("closeloop_queue_oldest_due_seconds", (("kind", "message"),))] == 600
+    assert got[("closeloop_queue_depth", (("kind", "writeback"),))] == 0
+    closed = (("connector", "ledger"), ("state", "closed"))
+    assert got[("closeloop_breaker_state", closed)] == 1
+    assert got[("closeloop_breaker_state", (("connector", "ledger"), ("state", "open")))] == 0
+    app.work()
+    assert first.case_id is not None
+    app.service.verify_identity(
+        first.case_id, {"date_of_birth": "1980-02-03", "postal_code": "10001"}, key="v"
+    )
+    app.service.submit(first.case_id, "update_card", {"token_ref": "tok_1"}, key="s")
+    app.work()
+    app.rollouts.start(ROLLOUT, filename="plan.yaml", actor="ops", reason="pilot")
+    got = samples(client.get("/metrics").text)
+    assert got[("closeloop_cases", (("status", "resolved"),))] == 1
+    assert got[("closeloop_queue_depth", (("kind", "message"),))] == 0
+    latency = (("operation", "store_payment_method"), ("result", "ok"))
+    assert got[("closeloop_writeback_seconds_count", latency)] == 1
+    assert got[("closeloop_writeback_seconds_bucket", (("le", "+Inf"), *latency))] == 1
+    assert (
+        got[("closeloop_rollout_stage", (("rollout", "pilot"), ("workflow", "failed_payment")))]
+        == 0
+    )
+    assert got[("closeloop_rollout_state", (("rollout", "pilot"), ("state", "running")))] == 1
+
+
+ROLLOUT = """
+rollout: pilot
+version: 1
+workflow: failed_payment
+stages: [{name: pilot, share: 5}, {name: everyone, share: 100}]
+"""
+
+
 def test_a_second_app_counts_on_its_own(app: App, tmp_path: Path) -> None:
     app.runtime.intake([trigger("t1")])
     app.work()

@@ -10,6 +10,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from closeloop.app.dispatch import Dispatcher, RetryPolicy
 from closeloop.app.documents import CommandScanner, Documents, EicarScanner
@@ -264,6 +265,20 @@ def build(
             notice_version=settings.consent_notice_version,
         ),
     )
+
+    def read_state() -> dict[str, Any]:  # what /metrics shows of the whole system
+        now = clock.now()
+        with store.read() as tx:
+            cases = tx.status_counts()
+            queues = {
+                kind: (n, (now - oldest).total_seconds() if oldest else 0.0)
+                for kind, (n, oldest) in tx.queues(now).items()
+            }
+            live = [(r["name"], r["workflow"], r["stage"], r["state"]) for r in tx.live_rollouts()]
+        return {"cases": cases, "queues": queues, "rollouts": live,
+                "breaker": (connector_name, dispatcher.breaker.state)}  # fmt: skip
+
+    telemetry.watch(read_state)
     return App(
         settings=settings,
         clock=clock,

@@ -9,6 +9,7 @@ and its idempotency key makes the second attempt harmless.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -496,6 +497,7 @@ class Dispatcher:
                 held.append((item, now + timedelta(seconds=5), "retry_budget"))
                 continue
             payload = item.payload
+            began = time.perf_counter()  # the core's latency, on the wall clock
             try:
                 result = self.connector.execute(
                     payload["operation"],
@@ -506,6 +508,13 @@ class Dispatcher:
             except Exception as exc:  # a connector bug must not lose the outcome
                 log.exception("connector_crashed", key=item.idempotency_key)
                 result = WritebackResult(ok=False, retryable=True, error=f"connector error: {exc}")
+            self.telemetry.writeback_seconds.labels(
+                payload["operation"],
+                "ok" if result.ok
+                else "pending" if result.pending
+                else "retry" if result.retryable
+                else "failed",
+            ).observe(time.perf_counter() - began)  # fmt: skip
             answered = self.runtime.clock.now()
             healthy = result.ok or result.pending or not result.retryable
             if self.breaker.record(healthy, answered):

@@ -259,6 +259,22 @@ class Tx(RolloutQueries):
     def history(self, case_id: str) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in self.c.execute(q.history, {"case_id": case_id})]
 
+    def queues(self, now: datetime) -> dict[str, tuple[int, datetime | None]]:
+        """Work due now and not leased, by kind (timer, message, writeback): how many
+        items, and when the oldest of them fell due."""
+        leased = sa.and_(outbox.c.leased_until.is_not(None), outbox.c.leased_until > now)
+        due = (
+            sa.select(outbox.c.kind, sa.func.count(), sa.func.min(outbox.c.next_attempt_at))
+            .where(outbox.c.status == "pending", outbox.c.next_attempt_at <= now, ~leased)
+            .group_by(outbox.c.kind)
+        )
+        found = {kind: (int(n), oldest) for kind, n, oldest in self.c.execute(due)}
+        timer_count, timer_oldest = self.c.execute(
+            sa.select(sa.func.count(), sa.func.min(timers.c.due_at)).where(timers.c.due_at <= now)
+        ).one()
+        found["timer"] = (int(timer_count), timer_oldest)
+        return {kind: found.get(kind, (0, None)) for kind in ("timer", "message", "writeback")}
+
     def status_counts(self) -> dict[str, int]:
         stmt = sa.select(cases.c.status, sa.func.count()).group_by(cases.c.status)
         return {status: count for status, count in self.c.execute(stmt).all()}
