@@ -14,10 +14,12 @@ process answers the same, so take one (`max`), not the sum.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, MutableMapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, TextIO
 
+import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -144,3 +146,49 @@ class StateCollector(Collector):
             for label in self.ROLLOUT_STATES:
                 rollout_state.add_metric([name, label], 1.0 if label == now_in else 0.0)
         yield from (cases, depth, age, breaker, stage, rollout_state)
+
+
+# -- logs -------------------------------------------------------------------------------
+# Keys whose values are personal data or secrets: never written to a log.
+_PERSONAL = frozenset({
+    "address", "email", "phone", "first_name", "name", "secrets", "token", "link", "url",
+    "password", "authorization", "api_key", "body", "subject", "account", "contacts",
+})  # fmt: skip
+# What may hide in free text (an error, a reason, a traceback): a mini-app or
+# unsubscribe token, a bearer token, an email address, a phone number. Identifiers
+# (case_id, key, ...) are not free text and are left as they are.
+_FREE_TEXT = frozenset({"error", "reason", "detail", "message", "exception"})
+_SCRUB = (
+    (re.compile(r"/(m|u)/[A-Za-z0-9_.~-]{8,}"), r"/\1/[token]"),
+    (re.compile(r"(?i)bearer\s+\S+"), "Bearer [token]"),
+    (re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+"), "[email]"),
+    (re.compile(r"\+?\d[\d ()-]{7,}\d"), "[number]"),
+)
+
+
+def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A structlog processor: drop personal data and secrets from a log event."""
+    for key, value in list(event.items()):
+        if key.lower() in _PERSONAL:
+            event[key] = "[redacted]"
+        elif isinstance(value, str) and key in _FREE_TEXT:
+            for pattern, replacement in _SCRUB:
+                value = pattern.sub(replacement, value)
+            event[key] = value
+    return event
+
+
+def configure_logs(stream: TextIO) -> None:
+    """Structured logs: one JSON object per line on `stream`, with no personal data."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact,
+            structlog.processors.JSONRenderer(sort_keys=True),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )

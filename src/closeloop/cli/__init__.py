@@ -25,6 +25,7 @@ from rich.table import Table
 
 from closeloop.app import TriggerIn, build, settle_heap
 from closeloop.app.settings import EXAMPLE
+from closeloop.app.telemetry import configure_logs
 from closeloop.cli.common import _problems, _settings, err, out
 from closeloop.cli.rollouts import ROLLOUT_TICK_SECONDS, rollout_cli, stats_cli
 from closeloop.cli.sandboxes import sandbox_cli
@@ -854,7 +855,7 @@ def _print_rollout(r: dict[str, Any]) -> None:
 
 def main() -> None:
     # Logs go to stderr, so `--json` output on stdout stays one JSON document.
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    configure_logs(sys.stderr)
     try:
         cli()
     except CloseloopError as exc:
