@@ -10,6 +10,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from closeloop.app.dispatch import Dispatcher, RetryPolicy
@@ -103,7 +104,13 @@ def identity_key(settings: Settings) -> bytes:
         if len(key) != 32:
             raise InputError("CLOSELOOP_IDENTITY_KEY must be 64 hexadecimal digits (32 bytes)")
         return key
-    path = settings.data_dir / "keys" / "identity.key"
+    return data_key(settings.data_dir, "identity")
+
+
+def data_key(data_dir: Path, name: str) -> bytes:
+    """A 32-byte key kept in DATA_DIR/keys/NAME.key, made on first use (32 random bytes,
+    readable by its owner only)."""
+    path = data_dir / "keys" / f"{name}.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):  # another process made it first

@@ -166,15 +166,20 @@ _SCRUB = (
 )
 
 
+def scrub(text: str) -> str:
+    """Free text without email addresses, phone numbers, link or bearer tokens."""
+    for pattern, replacement in _SCRUB:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """A structlog processor: drop personal data and secrets from a log event."""
     for key, value in list(event.items()):
         if key.lower() in _PERSONAL:
             event[key] = "[redacted]"
         elif isinstance(value, str) and key in _FREE_TEXT:
-            for pattern, replacement in _SCRUB:
-                value = pattern.sub(replacement, value)
-            event[key] = value
+            event[key] = scrub(value)
     return event
 
 

@@ -27,6 +27,7 @@ from closeloop.app import TriggerIn, build, settle_heap
 from closeloop.app.settings import EXAMPLE
 from closeloop.app.telemetry import configure_logs
 from closeloop.cli.common import _problems, _settings, err, out
+from closeloop.cli.exports import register as register_export
 from closeloop.cli.rollouts import ROLLOUT_TICK_SECONDS, rollout_cli, stats_cli
 from closeloop.cli.sandboxes import sandbox_cli
 from closeloop.clock import SimClock
@@ -53,6 +54,7 @@ cli.add_typer(template_cli, name="template")
 cli.add_typer(sandbox_cli, name="sandbox")
 connector_cli = typer.Typer(no_args_is_help=True, help="Connector mappings.")
 cli.add_typer(connector_cli, name="connector")
+register_export(cli)
 # -- spec -------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from closeloop.engine import (
 from closeloop.store import database
 from closeloop.store import queries as q
 from closeloop.store.driver import Dialect, dumps
+from closeloop.store.export_queries import ExportQueries
 from closeloop.store.rollout_queries import RolloutQueries
 from closeloop.store.tables import (
     UTCDateTime,
@@ -153,7 +154,7 @@ class CaseCache:
                     del self._cases[case_id]
 
 
-class Tx(RolloutQueries):
+class Tx(RolloutQueries, ExportQueries):
     """One transaction: SQLAlchemy's connection, and its driver cursor for the hot path."""
 
     def __init__(self, connection: sa.Connection, driver: Dialect, cache: CaseCache) -> None:
