@@ -243,3 +243,34 @@ def test_a_paused_rollout_does_not_hold_the_messages_of_closed_cases_forever(app
         ).scalar_one()  # fmt: skip
     assert waiting == 0 and all(app.runtime.case(r.case_id).status.terminal
                                 for r in results if r.case_id)  # fmt: skip
+
+
+def test_an_arm_without_the_known_fact_check_pays_without_it(
+    database_url: str, tmp_path: Path
+) -> None:
+    """'With and without a known-fact check before payment': a variant of `identity`."""
+    spec = tmp_path / "failed_payment.yaml"
+    spec.write_text(EXAMPLE.read_text().replace(
+        "variants:\n",
+        "variants:\n  no_check:\n    description: the link alone opens the mini-app\n"
+        "    identity: {known_facts: []}\n",
+        1,
+    ))  # fmt: skip
+    settings = Settings(data_dir=tmp_path, database_url=database_url, workflows=[spec])
+    app = build(settings, clock=SimClock(NOW))
+    try:
+        app.ledger.add_accounts([{**ACCOUNT, "account_id": a} for a in ACCOUNTS[:400]])
+        plan = PLAN.format(promotion="approval").replace("sms_first", "no_check")
+        app.rollouts.start(plan, filename="plan.yaml", actor="ops", reason="go")
+        results = app.runtime.intake([trigger(f"t9-{a}", a) for a in ACCOUNTS[:400]])
+        cohort = {r.case_id: app.runtime.case(r.case_id).cohort for r in results if r.case_id}
+        unchecked = next(c for c, arm in cohort.items() if arm == "no_check")
+        checked = next(c for c, arm in cohort.items() if arm == "email_first")
+        app.service.submit(unchecked, "update_card", {"token_ref": "tok_1"}, key="s1")
+        assert app.runtime.case(unchecked).outcome is not None
+        with pytest.raises(StateError):
+            app.service.submit(checked, "update_card", {"token_ref": "tok_2"}, key="s2")
+        arms = app.rollouts.report("pilot_rollout")["arms"]
+        assert arms["no_check"]["treatment"] == "variant no_check"
+    finally:
+        app.close()
