@@ -102,7 +102,10 @@ def test_sigkill_then_resume_matches_an_unbroken_run(
     while sim_day(out / "world.db") < kill_at_day and victim.poll() is None:
         assert time.monotonic() < deadline, "the demo did not get going"
         time.sleep(0.02)
-    assert victim.poll() is None, "the demo finished before it could be killed"
+    if victim.poll() is not None:  # say why: a demo that stops early is a finding
+        assert victim.stderr is not None
+        pytest.fail(f"the demo ended ({victim.returncode}) before it could be killed: "
+                    f"{victim.stderr.read().decode(errors='replace')[-2000:]}")  # fmt: skip
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert victim.returncode == -signal.SIGKILL
