@@ -14,6 +14,14 @@ import sqlalchemy as sa
 
 from closeloop.store.tables import case_events, cases, outbox, rollout_decisions
 
+
+def _outbox(kind: str) -> sa.Select[Any]:
+    return sa.select(
+        outbox.c.case_id, outbox.c.idempotency_key, outbox.c.payload, outbox.c.status,
+        outbox.c.attempts, outbox.c.created_at, outbox.c.updated_at, outbox.c.result,
+    ).where(outbox.c.kind == kind)  # fmt: skip
+
+
 # Each exported table: its statement and the time column the window applies to.
 _SOURCES: dict[str, tuple[sa.Select[Any], sa.ColumnElement[Any]]] = {
     "cases": (
@@ -30,20 +38,8 @@ _SOURCES: dict[str, tuple[sa.Select[Any], sa.ColumnElement[Any]]] = {
         ),
         case_events.c.at,
     ),
-    "messages": (
-        sa.select(
-            outbox.c.case_id, outbox.c.idempotency_key, outbox.c.payload, outbox.c.status,
-            outbox.c.attempts, outbox.c.created_at, outbox.c.updated_at, outbox.c.result,
-        ).where(outbox.c.kind == "message"),
-        outbox.c.created_at,
-    ),
-    "writebacks": (
-        sa.select(
-            outbox.c.case_id, outbox.c.idempotency_key, outbox.c.payload, outbox.c.status,
-            outbox.c.attempts, outbox.c.created_at, outbox.c.updated_at, outbox.c.result,
-        ).where(outbox.c.kind == "writeback"),
-        outbox.c.created_at,
-    ),
+    "messages": (_outbox("message"), outbox.c.created_at),
+    "writebacks": (_outbox("writeback"), outbox.c.created_at),
     "decisions": (
         sa.select(
             rollout_decisions.c.rollout, rollout_decisions.c.at, rollout_decisions.c.action,
