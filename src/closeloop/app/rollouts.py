@@ -50,6 +50,12 @@ class Live:
     def stage(self) -> Stage:
         return self.plan.stages[self.stage_index]
 
+    @property
+    def stages_reached(self) -> list[str]:
+        """The stages the rollout has been in, in order (all of them once completed)."""
+        last = len(self.plan.stages) if self.state == "completed" else self.stage_index + 1
+        return [stage.name for stage in self.plan.stages[:last]]
+
 
 class Rollouts:
     def __init__(self, store: Store, clock: Clock) -> None:
@@ -236,7 +242,7 @@ class Rollouts:
             "stage": live.stage.name,
             "share": live.stage.share,
             "stage_started_at": live.stage_started_at.isoformat(),
-            "stages_reached": _reached(live),
+            "stages_reached": live.stages_reached,
             **self._evidence(live, self.verdict(live), times),
             "control": {
                 "cases": control.cases,
@@ -438,12 +444,6 @@ def resolution_curves(
         flags.append(done)
         counts.append(n)
     return {c: kaplan_meier(h, f, counts=n) for c, (h, f, n) in grouped.items()}
-
-
-def _reached(live: Live) -> list[str]:
-    """The stages the rollout has been in, in order (all of them once completed)."""
-    last = len(live.plan.stages) if live.state == "completed" else live.stage_index + 1
-    return [stage.name for stage in live.plan.stages[:last]]
 
 
 def _data(verdict: Verdict) -> dict[str, Any]:

@@ -64,8 +64,7 @@ class RolloutDriver:
 def summary(app: App, name: str, start: datetime, *, regression: bool) -> dict[str, Any]:
     """The rollout's part of the demo summary: where it got, every decision and why, and
     the experiment's arms over every case they took."""
-    report = app.rollouts.report(name)
-    live = app.rollouts.find(name)
+    live = app.rollouts.find(name)  # not the whole report: its stage-only arms go unused
     arms = {}
     for arm, result in app.rollouts.arms(live, since=start).items():
         vs = result.get("versus_first_arm")
@@ -90,19 +89,19 @@ def summary(app: App, name: str, start: datetime, *, regression: bool) -> dict[s
         }
     return {
         "plan": name,
-        "state": report["state"],
-        "stage": report["stage"],
-        "stages_reached": report["stages_reached"],
+        "state": live.state,
+        "stage": live.stage.name,
+        "stages_reached": live.stages_reached,
         "regression_injected": regression,
         "decisions": [
             {
-                "day": round((datetime.fromisoformat(d["at"]) - start) / timedelta(days=1), 2),
+                "day": round((d["at"] - start) / timedelta(days=1), 2),
                 "action": d["action"],
                 "stage": d["stage"],
                 "actor": d["actor"],
                 "reason": d["reason"],
             }
-            for d in report["decisions"]
+            for d in app.rollouts.decisions(name)
         ],
         "arms": arms,
     }
