@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -74,3 +75,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'closeloop.db'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+def bearer(app: Any, role: str = "admin") -> dict[str, str]:
+    """Headers with a new API token of `role` for the app's API."""
+    _, token = app.staff.create_token(f"tests-{role}", role)
+    return {"Authorization": f"Bearer {token}"}

@@ -22,7 +22,7 @@ from closeloop.errors import InputError
 from closeloop.web import create_api
 from closeloop.web.cards import RedactCardNumbers, has_card_number, luhn
 from closeloop.web.miniapp import COOKIE
-from tests.conftest import EXAMPLE, KYC, NOW
+from tests.conftest import EXAMPLE, KYC, NOW, bearer
 from tests.integration.test_runtime import ACCOUNT, trigger
 
 RIGHT = {"date_of_birth": "1980-02-03", "postal_code": "10001"}
@@ -351,7 +351,7 @@ def test_card_numbers_are_refused_everywhere_and_kept_out_of_logs(app: App) -> N
     assert client.post("/m/identity", data={"postal_code": "4111111111111111"}).status_code == 400
     not_a_card = client.get("/m/x", params={"q": "4111111111111112"})  # fails Luhn
     assert not_a_card.status_code == 200
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=bearer(app, "viewer")).text
     assert 'closeloop_card_numbers_refused_total{where="body"} 2.0' in text
     assert 'closeloop_card_numbers_refused_total{where="query"} 1.0' in text
     assert 'closeloop_card_numbers_refused_total{where="path"} 1.0' in text

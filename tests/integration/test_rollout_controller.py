@@ -16,7 +16,7 @@ from closeloop.clock import SimClock
 from closeloop.errors import StateError
 from closeloop.store.tables import outbox
 from closeloop.web import create_api
-from tests.conftest import EXAMPLE, NOW
+from tests.conftest import EXAMPLE, NOW, bearer
 from tests.integration.test_runtime import ACCOUNT, trigger
 
 ACCOUNTS = [f"A{i}" for i in range(1200)]
@@ -131,22 +131,24 @@ def test_a_guardrail_halts_by_itself_and_automatic_promotion_moves_on(app: App) 
 
 
 def test_the_same_decisions_over_the_api(app: App) -> None:
-    client = TestClient(create_api(app))
+    client = TestClient(create_api(app), headers=bearer(app, "operator"))
     app.rollouts.start(PLAN.format(promotion="approval"), filename="plan.yaml",
                        actor="ops@bank", reason="go")  # fmt: skip
     status = client.get("/v1/rollouts/pilot_rollout")
     assert status.status_code == 200 and status.json()["state"] == "running"
     assert status.json()["decisions"][0]["action"] == "start"
-    early = client.post("/v1/rollouts/pilot_rollout/promote", json={"reason": "x", "actor": "ana"})
+    early = client.post("/v1/rollouts/pilot_rollout/promote", json={"reason": "x"})
     assert early.status_code == 409 and "may not be promoted" in early.json()["detail"]
-    unsaid = client.post("/v1/rollouts/pilot_rollout/halt", json={"actor": "ana"})
+    unsaid = client.post("/v1/rollouts/pilot_rollout/halt", json={})
     assert unsaid.status_code == 422
-    halted = client.post(
-        "/v1/rollouts/pilot_rollout/halt", json={"reason": "branch complaint", "actor": "ana"}
-    )
+    halted = client.post("/v1/rollouts/pilot_rollout/halt", json={"reason": "branch complaint"})
     assert halted.status_code == 200 and halted.json()["state"] == "halted"
+    # The decision is the caller's: the token's name, not a name the body gives.
+    assert app.rollouts.decisions("pilot_rollout")[-1]["actor"] == "token:tests-operator"
+    said = client.post("/v1/rollouts/pilot_rollout/resume", json={"reason": "x", "actor": "a"})
+    assert said.status_code == 422
     assert client.get("/v1/rollouts/nowhere").status_code == 404
-    wrong = client.post("/v1/rollouts/pilot_rollout/explode", json={"reason": "x", "actor": "a"})
+    wrong = client.post("/v1/rollouts/pilot_rollout/explode", json={"reason": "x"})
     assert wrong.status_code == 422
 
 

@@ -66,10 +66,11 @@ def test_migrations_bring_the_schema_to_head(app: App) -> None:
 
     from closeloop.store.tables import metadata
 
-    assert current_revision(app.store.engine) == "0008"
+    assert current_revision(app.store.engine) == "0009"
     names = set(sa.inspect(app.store.engine).get_table_names())
     assert {"cases", "case_events", "timers", "outbox", "exceptions", "links"} <= names
     assert {"consents", "contact_log", "unsubscribe_tokens", "miniapp_sessions"} <= names
+    assert {"staff_users", "staff_sessions", "api_tokens", "staff_audit"} <= names
     with app.store.engine.connect() as connection:
         drift = compare_metadata(MigrationContext.configure(connection), metadata)
     assert drift == [], drift  # the migrations build exactly the tables the code maps

@@ -20,7 +20,7 @@ from closeloop.channels.sms import measure
 from closeloop.clock import SimClock
 from closeloop.web import create_api
 from tests.acceptance.conftest import CLI, listening
-from tests.conftest import EXAMPLE, NOW
+from tests.conftest import EXAMPLE, NOW, bearer
 from tests.integration.test_runtime import ACCOUNT, trigger
 
 COST = Decimal("0.0079")
@@ -66,7 +66,7 @@ def test_sends_holds_and_sms_segments_are_counted_and_served(app: App, clock: Si
 
     (sms,) = [m for m in app.sink.delivered_after(0) if m["channel"] == "sms"]
     parts = measure(sms["body"])
-    got = samples(TestClient(create_api(app)).get("/metrics").text)
+    got = samples(TestClient(create_api(app), headers=bearer(app, "viewer")).get("/metrics").text)
     assert got[("closeloop_messages_total", (("channel", "email"), ("result", "sent")))] == 2
     assert got[("closeloop_messages_total", (("channel", "sms"), ("result", "sent")))] == 1
     blocked = (("action", "block"), ("channel", "sms"), ("reason", "suppressed"))
@@ -79,7 +79,7 @@ def test_sends_holds_and_sms_segments_are_counted_and_served(app: App, clock: Si
 
 def test_the_state_of_the_system_is_read_at_each_scrape(app: App, clock: SimClock) -> None:
     """Cases by state, work due and how late, the breaker, writeback latency, rollouts."""
-    client = TestClient(create_api(app))
+    client = TestClient(create_api(app), headers=bearer(app, "viewer"))
     (first,) = app.runtime.intake([trigger("t1")])
     app.runtime.intake([trigger("t2", account="A2")])
     clock.advance(timedelta(minutes=10))  # two first emails have waited ten minutes

@@ -20,7 +20,7 @@ from closeloop.clock import SimClock
 from closeloop.connectors import Account
 from closeloop.testing import InMemoryConnector
 from closeloop.web import create_api
-from tests.conftest import EXAMPLE, NOW
+from tests.conftest import EXAMPLE, NOW, bearer
 from tests.integration.test_runtime import ACCOUNT, trigger
 
 ACCOUNTS = {
@@ -70,7 +70,7 @@ def test_an_unreadable_account_opens_nothing_and_the_batch_goes_on(
 def test_the_api_answers_503_for_a_trigger_it_could_not_take(
     app: App, core: InMemoryConnector
 ) -> None:
-    client = TestClient(create_api(app))
+    client = TestClient(create_api(app), headers=bearer(app, "operator"))
     core.unreadable = {"A2"}
     body = {"id": "t2", "type": "payment.failed", "data": dict(trigger("t2", "A2").data)}
     alone = client.post("/v1/triggers", json=body)

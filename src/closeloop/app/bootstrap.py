@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from closeloop.app.desk import Desk
 from closeloop.app.dispatch import Dispatcher, RetryPolicy
 from closeloop.app.documents import CommandScanner, Documents, EicarScanner
 from closeloop.app.inbound import Inbound, Program
@@ -23,6 +24,7 @@ from closeloop.app.runtime import Runtime, Workflows
 from closeloop.app.service import CustomerService
 from closeloop.app.sessions import Sessions
 from closeloop.app.settings import Settings
+from closeloop.app.staff import Staff
 from closeloop.app.telemetry import Telemetry
 from closeloop.channels import Channel, SinkChannel
 from closeloop.channels.smtp import SmtpChannel
@@ -59,6 +61,8 @@ class App:
     documents: Documents
     rollouts: Rollouts
     reconciler: Reconciler
+    staff: Staff
+    desk: Desk
 
     def work(self, limit: int | None = None) -> int:
         """Run due timers, messages and writebacks until nothing is due now; reconcile
@@ -302,6 +306,8 @@ def build(
         sessions=Sessions(store, clock),
         rollouts=rollouts,
         reconciler=Reconciler(store, runtime, core, clock),
+        staff=Staff(store, clock),
+        desk=Desk(store, runtime, clock),
         documents=Documents(
             store,
             clock,

@@ -543,7 +543,7 @@ class Dispatcher:
                 back.apply(
                     item,
                     WritebackFailed(
-                        operation_key=item.idempotency_key, reason=reason, key=f"outbox:{item.id}"
+                        operation_key=item.idempotency_key, reason=reason, key=feedback_key(item)
                     ),
                 )
                 return True
@@ -593,7 +593,7 @@ class Dispatcher:
                     event = WritebackSucceeded(
                         operation_key=item.idempotency_key,
                         reference=result.reference,
-                        key=f"outbox:{item.id}",
+                        key=feedback_key(item),
                     )
                 else:
                     reason = (
@@ -602,11 +602,17 @@ class Dispatcher:
                         else (f"gave up after {item.attempts + 1} attempts: {result.error}")
                     )
                     event = WritebackFailed(
-                        operation_key=item.idempotency_key, reason=reason, key=f"outbox:{item.id}"
+                        operation_key=item.idempotency_key, reason=reason, key=feedback_key(item)
                     )
                 back.apply(item, event)
             back.commit()
         return len(claimed)
+
+
+def feedback_key(item: OutboxItem) -> str:
+    """The input key of a writeback's result: one per outbox row and agent's retry of it."""
+    retry = item.payload.get("retry")
+    return f"outbox:{item.id}:retry{retry}" if retry else f"outbox:{item.id}"
 
 
 def writeback_state(row: Mapping[str, Any]) -> str:
@@ -656,7 +662,7 @@ class _FeedBack:
         self.runtime, self.tx, self.now = runtime, tx, now
         self.cases: dict[str, Case] = tx.load_cases(sorted({i.case_id for i in items}))
         # Results are keyed by outbox row; a deferral adds its time to the key.
-        self.seen = tx.seen_keys([(i.case_id, f"outbox:{i.id}") for i in items])
+        self.seen = tx.seen_keys([(i.case_id, feedback_key(i)) for i in items])
         self.finished: list[tuple[int, str, dict[str, Any]]] = []
         self.retries: list[tuple[int, datetime, dict[str, Any]]] = []
         self.deferrals: list[tuple[int, datetime, dict[str, Any]]] = []

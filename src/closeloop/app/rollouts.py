@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from scipy.stats import binomtest
+
 from closeloop.clock import Clock
 from closeloop.errors import InputError, NotFound, StateError
 from closeloop.rollout import arm, in_cohort
@@ -208,6 +210,46 @@ class Rollouts:
                 "resolved_within_7d": round(1 - curve.at(168), 4),
             }
         return out
+
+    def over_time(self, name: str) -> dict[str, Any]:
+        """Day by day since the rollout started, per cohort: cases, completion and resolution
+        with their 95% Wilson intervals; the stage each day began in; and the Kaplan-Meier
+        curve of time to resolution per cohort (hours, share still unresolved)."""
+        live = self.find(name)
+        started = min((d["at"] for d in self.decisions(name)), default=live.stage_started_at)
+        now = self.clock.now()
+        follow_up = self._follow_up(live.plan.workflow)
+        with self.store.read() as tx:
+            rows = tx.daily_outcomes(live.plan.workflow, started, now + timedelta(seconds=1))
+            curves = resolution_curves(tx, live.plan.workflow, started, now, follow_up)
+        series: dict[str, list[dict[str, Any]]] = {}
+        for day, cohort, n, completed, resolved in rows:
+            series.setdefault(cohort, []).append(
+                {
+                    "day": day,
+                    "cases": n,
+                    "completion": _rate(completed, n),
+                    "resolution": _rate(resolved, n),
+                }
+            )
+        stages = [
+            {"at": d["at"].isoformat(), "action": d["action"], "stage": d["stage"]}
+            for d in self.decisions(name)
+            if d["action"] in ("start", "promote", "halt", "resume", "complete")
+        ]
+        return {
+            "rollout": name,
+            "series": series,
+            "stages": stages,
+            "curves": {
+                cohort: {
+                    "hours": list(curve.times),
+                    "unresolved": list(curve.survival),
+                    "median_hours": curve.median,
+                }
+                for cohort, curve in curves.items()
+            },
+        }
 
     def _spec(self, workflow: str) -> Spec | None:
         if workflow not in self._specs:
@@ -430,6 +472,12 @@ def _sum(tallies: Any) -> Tally:
         for f in fields:
             total[f] += getattr(t, f)
     return Tally(**total)
+
+
+def _rate(successes: int, n: int) -> dict[str, float]:
+    """A proportion with its 95% Wilson score interval."""
+    ci = binomtest(successes, n).proportion_ci(method="wilson")
+    return {"rate": successes / n, "low": float(ci.low), "high": float(ci.high)}
 
 
 def resolution_curves(

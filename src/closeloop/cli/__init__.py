@@ -30,6 +30,7 @@ from closeloop.cli.common import _problems, _settings, err, out
 from closeloop.cli.exports import register as register_export
 from closeloop.cli.rollouts import ROLLOUT_TICK_SECONDS, rollout_cli, stats_cli
 from closeloop.cli.sandboxes import sandbox_cli
+from closeloop.cli.staff import register as register_staff
 from closeloop.clock import SimClock
 from closeloop.engine import Status
 from closeloop.errors import CloseloopError, InputError, SpecError, TriggerError
@@ -55,6 +56,7 @@ cli.add_typer(sandbox_cli, name="sandbox")
 connector_cli = typer.Typer(no_args_is_help=True, help="Connector mappings.")
 cli.add_typer(connector_cli, name="connector")
 register_export(cli)
+register_staff(cli)
 # -- spec -------------------------------------------------------------------
 
 
@@ -531,6 +533,7 @@ def demo(
     from closeloop.sim.runner import START
     from closeloop.sim.visits import Visitor
     from closeloop.web import create_api
+    from closeloop.web.report import write_report
 
     if providers not in ("sink", "sandbox"):
         raise InputError(f"--providers must be sink or sandbox, not {providers!r}")
@@ -546,45 +549,51 @@ def demo(
     if not resume:
         _fresh(out_dir)
     stack = ExitStack()
-    # The card provider always runs: simulated customers type cards into its form.
-    kinds = ("smtp", "twilio", "cards") if providers == "sandbox" else ("cards",)
-    running = stack.enter_context(sandboxes(out_dir / "sandboxes", fresh=not resume, kinds=kinds))
-    extra = {**running.settings, "public_url": DEMO_URL, "link_failure_floor_seconds": 0.0}
-    if providers == "sandbox":
-        # Send a batch on several connections: the providers answer from other processes.
-        extra["send_concurrency"] = 8
-    if "CLOSELOOP_CONSENT_NOTICE_VERSION" not in os.environ:
-        extra["consent_notice_version"] = "demo-notices-2026-03"
-    settings = _settings(
-        data_dir=out_dir,
-        workflows=[EXAMPLE],
-        cohort_percent=100.0 if cohort is None else cohort,
-        **extra,
-    )
-    if not resume and settings.database_url:
-        _reset_database(settings.database_url)
-    clock = SimClock(START)
-    app = build(settings, clock=clock, seed=seed, error_rate=0.03, timeout_rate=0.01)
-    if providers == "sandbox":  # providers carry the messages; the sink stands for the devices
-        devices = {
-            ch: Device(provider=app.channels[ch], device=app.sink)
-            for ch in ("email", "sms", "whatsapp")
-        }
-        app.channels = app.dispatcher.channels = {**app.channels, **devices}
-    params = Params(accounts=accounts, days=days, seed=seed, rollout=rollout,
-                    regression=inject_regression)  # fmt: skip
-    database = settings.resolved_database_url()
-    settle_heap()
-    visitor = Visitor(create_api(app), DEMO_URL, app.sink.engine)
-    driver = None
-    if plan is not None:
-        driver = RolloutDriver(
-            app,
-            plan.rollout,
-            start=START,
-            end=START + timedelta(days=days),
-            regression_from=plan.stages[2].name if inject_regression else None,
+    try:  # whatever fails while setting up stops the sandboxes it started
+        # The card provider always runs: simulated customers type cards into its form.
+        kinds = ("smtp", "twilio", "cards") if providers == "sandbox" else ("cards",)
+        running = stack.enter_context(
+            sandboxes(out_dir / "sandboxes", fresh=not resume, kinds=kinds)
         )
+        extra = {**running.settings, "public_url": DEMO_URL, "link_failure_floor_seconds": 0.0}
+        if providers == "sandbox":
+            # Send a batch on several connections: the providers answer from other processes.
+            extra["send_concurrency"] = 8
+        if "CLOSELOOP_CONSENT_NOTICE_VERSION" not in os.environ:
+            extra["consent_notice_version"] = "demo-notices-2026-03"
+        settings = _settings(
+            data_dir=out_dir,
+            workflows=[EXAMPLE],
+            cohort_percent=100.0 if cohort is None else cohort,
+            **extra,
+        )
+        if not resume and settings.database_url:
+            _reset_database(settings.database_url)
+        clock = SimClock(START)
+        app = build(settings, clock=clock, seed=seed, error_rate=0.03, timeout_rate=0.01)
+        if providers == "sandbox":  # providers carry the messages; the sink stands for the devices
+            devices = {
+                ch: Device(provider=app.channels[ch], device=app.sink)
+                for ch in ("email", "sms", "whatsapp")
+            }
+            app.channels = app.dispatcher.channels = {**app.channels, **devices}
+        params = Params(accounts=accounts, days=days, seed=seed, rollout=rollout,
+                        regression=inject_regression)  # fmt: skip
+        database = settings.resolved_database_url()
+        settle_heap()
+        visitor = Visitor(create_api(app), DEMO_URL, app.sink.engine)
+        driver = None
+        if plan is not None:
+            driver = RolloutDriver(
+                app,
+                plan.rollout,
+                start=START,
+                end=START + timedelta(days=days),
+                regression_from=plan.stages[2].name if inject_regression else None,
+            )
+    except BaseException:
+        stack.close()
+        raise
     try:
         sim = Simulation(app, clock, params, visitor, schedule=driver)
         sim.prepare(resume=resume)
@@ -608,6 +617,7 @@ def demo(
             )
         with app.store.read() as tx:
             example = tx.first_case_id(Status.RESOLVED)
+        summary["report_html"] = str(write_report(app, out_dir / "report.html"))
     finally:
         visitor.close()
         app.close()
@@ -822,7 +832,7 @@ def _print_summary(s: dict[str, Any], out_dir: Path) -> None:
     if "rollout" in s:
         _print_rollout(s["rollout"])
     out.print(f"database: {s['database']}")
-    out.print(f"report:   {out_dir / 'report.json'}")
+    out.print(f"report:   {s['report_html']} (HTML) and {out_dir / 'report.json'}")
     out.print("what the numbers mean: docs/demo.md")
 
 

@@ -19,7 +19,8 @@ class Status(StrEnum):
     NOT_ENROLLED = "not_enrolled"
     OPTED_OUT = "opted_out"
     EXPIRED = "expired"
-    EXCEPTION = "exception"
+    EXCEPTION = "exception"  # off the happy path: waiting for an agent
+    UNRESOLVABLE = "unresolvable"  # an agent closed it: nothing more can be done
 
     @property
     def terminal(self) -> bool:
@@ -35,6 +36,7 @@ TERMINAL = frozenset(
         Status.OPTED_OUT,
         Status.EXPIRED,
         Status.EXCEPTION,
+        Status.UNRESOLVABLE,
     }
 )
 LIVE = frozenset(set(Status) - TERMINAL)

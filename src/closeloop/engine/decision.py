@@ -54,7 +54,15 @@ class OpenException:
     detail: str
 
 
-Intent = SendMessage | RequestWriteback | OpenException
+@dataclass(frozen=True, kw_only=True)
+class RetryWriteback:
+    """Run a failed writeback again: the same row, the same idempotency key at the core."""
+
+    idempotency_key: str
+    round: int
+
+
+Intent = SendMessage | RequestWriteback | OpenException | RetryWriteback
 
 
 @dataclass(frozen=True, kw_only=True)

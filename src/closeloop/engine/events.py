@@ -113,3 +113,41 @@ class Reconciled(Event):
 
     duplicated: tuple[Mapping[str, Any], ...] = ()
     missing: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentAction(Event):
+    """What an agent did with a case in the exception queue (`actor` is ``agent:NAME``).
+
+    The only inputs a case in exception takes; each carries the agent's note.
+    """
+
+    note: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WritebackRetried(AgentAction):
+    """Send failed writebacks again, under their own idempotency keys (`round` counts retries)."""
+
+    operation_keys: tuple[str, ...]
+    round: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResolvedByAgent(AgentAction):
+    """The agent settled the case with the customer: an outcome, written back like any other."""
+
+    option: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinkResent(AgentAction):
+    """Reopen the case and send the customer a new link on `channel`."""
+
+    channel: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClosedUnresolvable(AgentAction):
+    """Nothing more can be done: close the case for good."""

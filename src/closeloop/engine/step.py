@@ -10,7 +10,7 @@ resumed run match an uninterrupted one.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -25,15 +25,19 @@ from closeloop.engine.decision import (
     Intent,
     OpenException,
     RequestWriteback,
+    RetryWriteback,
     SendMessage,
     SetTimer,
 )
 from closeloop.engine.events import (
+    AgentAction,
     BackendEvent,
+    ClosedUnresolvable,
     Disputed,
     Event,
     IdentityChecked,
     LinkOpened,
+    LinkResent,
     MessageDeferred,
     MessageFailed,
     MessageSent,
@@ -41,8 +45,10 @@ from closeloop.engine.events import (
     OptedOut,
     OutcomeSubmitted,
     Reconciled,
+    ResolvedByAgent,
     TimerFired,
     WritebackFailed,
+    WritebackRetried,
     WritebackSucceeded,
 )
 from closeloop.engine.reach import rules_for, zones_of
@@ -111,7 +117,9 @@ def step(case: Case, event: Event, compiled: CompiledSpec, now: datetime) -> Dec
     control = case.status is Status.NOT_ENROLLED and isinstance(event, BackendEvent)
     # Reconciliation reads what was written back after the case closed.
     late = control or isinstance(event, Reconciled)
-    if case.status.terminal and not isinstance(event, Opened) and not late:
+    # A case in exception waits for an agent: what the agent does is its only input.
+    agent = case.status is Status.EXCEPTION and isinstance(event, AgentAction)
+    if case.status.terminal and not isinstance(event, Opened) and not late and not agent:
         return _reject(case, f"case is closed ({case.status.value})")
     draft = _Draft(case, now)
     why = handler(draft, event, compiled)
@@ -346,8 +354,8 @@ def _exception(d: _Draft, compiled: CompiledSpec, reason: str, detail: str, *, a
     route = compiled.spec.exceptions.get(reason)  # type: ignore[call-overload]
     queue, sla = (route.queue, route.sla) if route else ("exceptions", timedelta(days=1))
     d.intents.append(
-        OpenException(
-            idempotency_key=idempotency_key(d.case.id, "exception"),
+        OpenException(  # a case may come back to the queue after an agent's retry or link
+            idempotency_key=idempotency_key(d.case.id, "exception", str(d.case.seq)),
             reason=reason,
             queue=queue,
             due_at=d.now + sla,
@@ -359,23 +367,47 @@ def _exception(d: _Draft, compiled: CompiledSpec, reason: str, detail: str, *, a
 
 def _submitted(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
     assert isinstance(event, OutcomeSubmitted)
-    case, spec = d.case, compiled.spec
-    if case.status not in _ACTIVE:
-        return f"the case is {case.status.value}"
-    if spec.identity.known_facts and not case.verified:
+    if d.case.status not in _ACTIVE:
+        return f"the case is {d.case.status.value}"
+    if compiled.spec.identity.known_facts and not d.case.verified:
         return "identity must be confirmed first"
+    return _outcome(d, compiled, event.option, event.values, event)
+
+
+def _agent_resolved(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
+    """The agent's outcome: what policy offers the case, checked and written back like the
+    customer's, without the customer's identity checks (the agent answers for those)."""
+    assert isinstance(event, ResolvedByAgent)
+    if d.case.status is not Status.EXCEPTION:
+        return f"the case is {d.case.status.value}, not in exception"
+    d.change(agent_touched=True, closed_at=None, reason=None)
+    return _outcome(d, compiled, event.option, event.values, event)
+
+
+def _outcome(
+    d: _Draft,
+    compiled: CompiledSpec,
+    chosen: str,
+    given: Mapping[str, Any],
+    event: OutcomeSubmitted | ResolvedByAgent,
+) -> str | None:
+    case, spec = d.case, compiled.spec
+    by_agent = isinstance(event, ResolvedByAgent)
+    code_verified = by_agent or (
+        isinstance(event, OutcomeSubmitted) and event.one_time_code_verified
+    )
     facts = policy.Facts(compiled, case.data, case.account)
     offered = {o.kind: o for o in policy.options(compiled, case.data, case.account, facts=facts)}
-    option = offered.get(event.option)
+    option = offered.get(chosen)
     if option is None:
-        return f"option {event.option!r} is not offered for this case"
-    values = dict(event.values)
+        return f"option {chosen!r} is not offered for this case"
+    values = dict(given)
     if option.kind == "confirm_details":
         details = _details(case, values)
         if isinstance(details, str):
             return details
         values = details
-        if details["changed"] and not event.one_time_code_verified:
+        if details["changed"] and not code_verified:
             return "a one-time code is required to change contact details"
     if option.instalments:  # an arrangement: the plan chosen must be one policy offers
         plan = policy.chosen_plan(option, values, d.now)
@@ -403,16 +435,19 @@ def _submitted(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
             return "the statement was changed; read it again"
         if values.get("accepted") is not True:
             return "the statement must be accepted"
-    submission = {"option": event.option, **values}
+    submission = {"option": chosen, **values}
     if policy.step_up_required(compiled, case.data, case.account, submission, facts=facts) and not (
-        event.one_time_code_verified
+        code_verified
     ):
         return "a one-time code is required for this action"
     outcome = spec.outcomes[option.outcome]
-    evidence = _evidence(outcome.evidence, d, values, event)
+    method = "agent" if by_agent else "one_time_code" if code_verified else case.identity_level
+    evidence = _evidence(outcome.evidence, d, values, method)
+    # An agent's outcome has keys of its own: the customer's failed ones may hold the same.
+    scope = ("agent", str(case.seq)) if by_agent else ()
     keys = []
     for index, writeback in enumerate(outcome.writebacks):
-        key = idempotency_key(case.id, option.outcome, str(index), writeback.operation)
+        key = idempotency_key(case.id, *scope, option.outcome, str(index), writeback.operation)
         keys.append(key)
         payload = {"account_id": case.account_id, "case_id": case.id, **values}
         d.intents.append(
@@ -434,9 +469,9 @@ def _submitted(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
     d.record(
         "outcome_submitted",
         event.actor,
-        outcome.description,
+        event.note if isinstance(event, ResolvedByAgent) else outcome.description,
         outcome=option.outcome,
-        option=event.option,
+        option=chosen,
         evidence=evidence,
         writebacks=keys,
     )
@@ -478,13 +513,11 @@ def _details(case: Case, values: dict[str, Any]) -> dict[str, Any] | str:
 
 
 def _evidence(
-    wanted: Sequence[str], d: _Draft, values: dict[str, Any], event: OutcomeSubmitted
+    wanted: Sequence[str], d: _Draft, values: dict[str, Any], method: str
 ) -> dict[str, Any]:
     known: dict[str, Callable[[], Any]] = {
         "identity_level": lambda: d.case.identity_level,
-        "identity_method": lambda: (
-            "one_time_code" if event.one_time_code_verified else d.case.identity_level
-        ),
+        "identity_method": lambda: method,
         "submitted_at": lambda: d.now.isoformat(),
         "amount": lambda: values.get("amount"),
         "attestation_text_version": lambda: values.get("statement_version"),
@@ -594,6 +627,92 @@ def _reconciled(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
     return None
 
 
+def _in_exception(d: _Draft) -> str | None:
+    if d.case.status is not Status.EXCEPTION:
+        return f"the case is {d.case.status.value}, not in exception"
+    return None
+
+
+def _retried(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
+    assert isinstance(event, WritebackRetried)
+    if why := _in_exception(d):
+        return why
+    unknown = [k for k in event.operation_keys if k not in d.case.pending_writebacks]
+    if not event.operation_keys or unknown:
+        return f"no such failed writeback: {', '.join(unknown) or '(none given)'}"
+    d.change(status=Status.WRITING_BACK, closed_at=None, reason=None, agent_touched=True)
+    for key in event.operation_keys:
+        d.intents.append(RetryWriteback(idempotency_key=key, round=event.round))
+    d.record(
+        "writeback_retried",
+        event.actor,
+        event.note,
+        operation_keys=list(event.operation_keys),
+        round=event.round,
+    )
+    return None
+
+
+def _link_resent(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
+    """Back to outreach with one message: the first step's template on the agent's channel;
+    the identity allowance starts again (the agent spoke to the customer)."""
+    assert isinstance(event, LinkResent)
+    if why := _in_exception(d):
+        return why
+    contact = d.case.contact_for(event.channel)
+    if contact is None:
+        return f"no {event.channel} address with consent"
+    steps = compiled.spec.outreach.steps
+    template = _template_for(compiled, event.channel)
+    if template is None:
+        return f"the workflow has no {event.channel} message"
+    d.change(
+        status=Status.OUTREACH,
+        closed_at=None,
+        reason=None,
+        agent_touched=True,
+        identity_failures=0,
+        code_failures=0,
+        next_step=len(steps),  # the agent's message is the last: no cadence after it
+    )
+    d.record("link_resent", event.actor, event.note, channel=event.channel)
+    key = idempotency_key(d.case.id, "message", "agent", str(d.case.seq), event.channel)
+    d.intents.append(
+        SendMessage(
+            idempotency_key=key,
+            channel=event.channel,
+            address=contact.address,
+            template=template,
+            step=-1,
+            step_name="agent",
+            priority="required",
+        )
+    )
+    d.change(touches=d.case.touches + 1)
+    expires = compiled.spec.outreach.expires_after
+    d.timers.append(SetTimer(name=EXPIRE, due_at=d.now + expires))
+    return None
+
+
+def _template_for(compiled: CompiledSpec, channel: str) -> str | None:
+    """The first outreach template the workflow sends on `channel` (a step's or a fallback's)."""
+    for step_ in compiled.spec.outreach.steps:
+        if step_.channel == channel:
+            return step_.template
+        if step_.fallback is not None and step_.fallback.channel == channel:
+            return step_.fallback.template
+    return None
+
+
+def _closed_unresolvable(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
+    assert isinstance(event, ClosedUnresolvable)
+    if why := _in_exception(d):
+        return why
+    d.change(agent_touched=True)
+    d.close(Status.UNRESOLVABLE, event.actor, event.note or "closed as unresolvable")
+    return None
+
+
 _HANDLERS: dict[type[Event], Callable[[_Draft, Event, CompiledSpec], str | None]] = {
     Opened: _opened,
     TimerFired: _timer,
@@ -609,4 +728,8 @@ _HANDLERS: dict[type[Event], Callable[[_Draft, Event, CompiledSpec], str | None]
     OptedOut: _opted_out,
     Disputed: _disputed,
     Reconciled: _reconciled,
+    WritebackRetried: _retried,
+    ResolvedByAgent: _agent_resolved,
+    LinkResent: _link_resent,
+    ClosedUnresolvable: _closed_unresolvable,
 }

@@ -203,3 +203,36 @@ class RolloutQueries:
             )
         )
         return int(self.c.execute(stmt).scalar_one())
+
+    def daily_outcomes(
+        self, workflow: str, since: datetime, until: datetime
+    ) -> list[tuple[str, str, int, int, int]]:
+        """(day opened, cohort, cases, completed in the message, resolved) of the workflow's
+        eligible cases opened in [since, until), day by day (UTC)."""
+        day = sa.func.date(cases.c.opened_at)
+        if self.c.dialect.name == "postgresql":
+            day = sa.func.to_char(sa.func.timezone("UTC", cases.c.opened_at), "YYYY-MM-DD")
+        control_resolved = sa.exists().where(
+            case_events.c.case_id == cases.c.id,
+            case_events.c.kind == "resolved_outside_rollout",
+        )
+        status = cases.c.status
+        resolved = status.in_(("resolved", "resolved_elsewhere")) | control_resolved
+        stmt = (
+            sa.select(
+                day.label("day"),
+                cases.c.cohort,
+                sa.func.count(),
+                sa.func.sum(sa.case((status == "resolved", 1), else_=0)),
+                sa.func.sum(sa.case((resolved, 1), else_=0)),
+            )
+            .where(
+                cases.c.workflow.like(f"{workflow}@%"),
+                cases.c.opened_at >= since,
+                cases.c.opened_at < until,
+                status != "ineligible",
+            )
+            .group_by(sa.literal_column("day"), cases.c.cohort)
+            .order_by(sa.literal_column("day"), cases.c.cohort)
+        )
+        return [(str(d), c, n, int(k or 0), int(r or 0)) for d, c, n, k, r in self.c.execute(stmt)]

@@ -25,6 +25,7 @@ from closeloop.engine import (
     Decision,
     OpenException,
     RequestWriteback,
+    RetryWriteback,
     SendMessage,
     Status,
 )
@@ -32,7 +33,9 @@ from closeloop.store import database
 from closeloop.store import queries as q
 from closeloop.store.driver import Dialect, dumps
 from closeloop.store.export_queries import ExportQueries
+from closeloop.store.report_queries import ReportQueries
 from closeloop.store.rollout_queries import RolloutQueries
+from closeloop.store.staff_queries import StaffQueries
 from closeloop.store.tables import (
     UTCDateTime,
     backend_events,
@@ -154,7 +157,7 @@ class CaseCache:
                     del self._cases[case_id]
 
 
-class Tx(RolloutQueries, ExportQueries):
+class Tx(RolloutQueries, ExportQueries, StaffQueries, ReportQueries):
     """One transaction: SQLAlchemy's connection, and its driver cursor for the hot path."""
 
     def __init__(self, connection: sa.Connection, driver: Dialect, cache: CaseCache) -> None:
@@ -303,6 +306,7 @@ class Tx(RolloutQueries, ExportQueries):
         upserts: dict[str, dict[str, datetime]] = {}
         boxes: list[dict[str, Any]] = []
         excs: list[dict[str, Any]] = []
+        retried: list[tuple[str, int]] = []
         for item in batch:
             decision = item.decision
             case_id = decision.case.id
@@ -346,6 +350,9 @@ class Tx(RolloutQueries, ExportQueries):
                         }
                     )
                     continue
+                if isinstance(intent, RetryWriteback):
+                    retried.append((intent.idempotency_key, intent.round))
+                    continue
                 boxes.append(
                     {
                         "case_id": case_id,
@@ -372,6 +379,33 @@ class Tx(RolloutQueries, ExportQueries):
         )
         for name, rows in writes:
             self._many(name, rows)
+        for key, round_ in retried:  # an agent's retry: rare, one row at a time
+            self._retry_writeback(key, round_, now)
+
+    def _retry_writeback(self, key: str, round_: int, now: datetime) -> None:
+        """Make a failed writeback due again, from its first attempt; the payload keeps which
+        retry this is, so its result is a new input to the case (see `feedback_key`)."""
+        row = self.c.execute(
+            sa.select(outbox.c.id, outbox.c.payload).where(
+                outbox.c.idempotency_key == key, outbox.c.status == "failed"
+            )
+        ).first()
+        if row is None:
+            return
+        self.c.execute(
+            outbox.update()
+            .where(outbox.c.id == row.id)
+            .values(
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                leased_until=None,
+                created_at=now,  # its deadline runs from the retry
+                updated_at=now,
+                result=None,
+                payload={**row.payload, "retry": round_},
+            )
+        )
 
     def _many(self, name: str, rows: Sequence[dict[str, Any]]) -> None:
         if len(rows) == 1:

@@ -136,8 +136,14 @@ exceptions = sa.Table(
     sa.Column("detail", sa.Text, nullable=False),
     sa.Column("opened_at", UTCDateTime, nullable=False),
     sa.Column("due_at", UTCDateTime, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # open, closed
+    sa.Column("claimed_by", sa.String(120)),  # the agent working it (migration 0009)
+    sa.Column("claimed_at", UTCDateTime),
+    sa.Column("closed_by", sa.String(120)),
+    sa.Column("closed_at", UTCDateTime),
+    sa.Column("action", sa.String(32)),  # what closed it: retried, resolved, new_link, ...
     sa.Index("ix_exceptions_queue", "queue", "status", "due_at"),
+    sa.Index("ix_exceptions_case", "case_id"),
 )
 
 links = sa.Table(
@@ -342,4 +348,63 @@ delivery_receipts = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("error_code", sa.String(16)),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# -- staff: people and machines who run closeloop (migration 0009) -------------
+staff_users = sa.Table(
+    "staff_users",
+    metadata,
+    sa.Column("username", sa.String(120), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),  # viewer, agent, operator, admin
+    sa.Column("password_hash", sa.String(200)),  # Argon2id; none for single sign-on only
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("disabled_at", UTCDateTime),
+    sa.Column("failed_sign_ins", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("locked_until", UTCDateTime),
+)
+
+staff_sessions = sa.Table(
+    "staff_sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),  # the cookie's value, hashed
+    sa.Column("username", sa.String(120), nullable=False),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("method", sa.String(16), nullable=False),  # password, oidc
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("seen_at", UTCDateTime, nullable=False),
+    sa.Column("ended_at", UTCDateTime),
+    sa.Index("ix_staff_sessions_user", "username"),
+)
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # the token's public half
+    sa.Column("name", sa.String(120), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),  # SHA-256 of the secret half
+    sa.Column("created_by", sa.String(120), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime),
+    sa.Column("revoked_at", UTCDateTime),
+    sa.Column("last_used_at", UTCDateTime),
+)
+
+staff_audit = sa.Table(  # sign-ins, refusals, user and token changes: what OCSF exports read
+    "staff_audit",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("actor", sa.String(120), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),  # success, failure
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("remote", sa.String(100), nullable=False),
+    sa.Index("ix_staff_audit_at", "at"),
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Body, FastAPI, HTTPException, Request
+from fastapi import Body, Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from closeloop.app import App, TriggerIn
 from closeloop.app.telemetry import CONTENT_TYPE
 from closeloop.errors import NotFound, TriggerError
-from closeloop.web import miniapp, rollouts, unsubscribe, webhooks
+from closeloop.web import console, miniapp, rollouts, unsubscribe, webhooks
+from closeloop.web.auth import public, require
 from closeloop.web.cards import CardNumberGuard
 
 
@@ -70,16 +71,22 @@ def create_api(app: App) -> FastAPI:
         ]
         return JSONResponse(status_code=422, content=jsonable_encoder({"detail": detail}))
 
-    @api.get("/healthz")
+    viewer, agent = require("viewer", app.staff), require("agent", app.staff)
+    operator = require("operator", app.staff)
+    console.handle_refusals(api)
+
+    @api.get("/healthz", dependencies=[Depends(public("a load balancer's probe"))])
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @api.get("/metrics", include_in_schema=False)
+    @api.get("/metrics", include_in_schema=False, dependencies=[Depends(viewer)])
     def metrics() -> Response:
         """Prometheus metrics (see docs/operating.md#metrics)."""
         return Response(app.telemetry.exposition(), media_type=CONTENT_TYPE)
 
-    @api.post("/v1/triggers", status_code=200, response_model=None)
+    @api.post(
+        "/v1/triggers", status_code=200, response_model=None, dependencies=[Depends(operator)]
+    )
     def post_triggers(payload: Any = Body(...)) -> dict[str, Any] | JSONResponse:
         triggers, batch = _parse(payload)
         items = [TriggerIn(id=t.id, type=t.type, data=t.data) for t in triggers]
@@ -116,7 +123,7 @@ def create_api(app: App) -> FastAPI:
             return JSONResponse(body[0], status_code=503, headers={"Retry-After": "30"})
         return {"results": body} if batch else body[0]
 
-    @api.get("/v1/cases/{case_id}")
+    @api.get("/v1/cases/{case_id}", dependencies=[Depends(agent)])
     def get_case(case_id: str) -> dict[str, Any]:
         try:
             case = app.runtime.case(case_id)
@@ -145,6 +152,7 @@ def create_api(app: App) -> FastAPI:
         return encoded
 
     api.include_router(rollouts.router(app))
+    api.include_router(console.router(app))
     api.include_router(unsubscribe.router(app))
     api.include_router(webhooks.router(app))
     api.include_router(miniapp.router(app))

@@ -1,27 +1,28 @@
 """The rollout controller over HTTP: a rollout's status, and the operator's decisions.
 
-`GET /v1/rollouts/{name}` answers what `closeloop rollout status NAME
---json` prints; `POST /v1/rollouts/{name}/promote|hold|halt|resume` with
-`{"reason": ..., "actor": ...}` takes the decision: 404 for an unknown
-rollout, 409 when the decision cannot be taken now (gates not passed,
-halted, completed), with the reason.
+`GET /v1/rollouts/{name}` (viewer) answers what `closeloop rollout status
+NAME --json` prints; `POST /v1/rollouts/{name}/promote|hold|halt|resume`
+(operator) with `{"reason": ...}` takes the decision in the caller's name:
+404 for an unknown rollout, 409 when the decision cannot be taken now (gates
+not passed, halted, completed), with the reason.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from closeloop.app import App
+from closeloop.app.staff import Principal
 from closeloop.errors import InputError, NotFound, StateError
+from closeloop.web.auth import require
 
 
 class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field(min_length=1, max_length=2000)
-    actor: str = Field(min_length=1, max_length=120)
 
 
 def router(app: App) -> APIRouter:
@@ -36,13 +37,18 @@ def router(app: App) -> APIRouter:
             raise HTTPException(status_code=409, detail=str(exc)) from exc
         return result
 
-    @routes.get("/v1/rollouts/{name}")
+    viewer, operator = require("viewer", app.staff), require("operator", app.staff)
+
+    @routes.get("/v1/rollouts/{name}", dependencies=[Depends(viewer)])
     def status(name: str) -> dict[str, Any]:
         return answer(lambda: app.rollouts.report(name))
 
     @routes.post("/v1/rollouts/{name}/{action}")
     def decide(
-        name: str, action: Literal["promote", "hold", "halt", "resume"], body: Decision
+        name: str,
+        action: Literal["promote", "hold", "halt", "resume"],
+        body: Decision,
+        caller: Principal = Depends(operator),
     ) -> dict[str, Any]:
         take = {
             "promote": app.rollouts.promote,
@@ -52,7 +58,7 @@ def router(app: App) -> APIRouter:
         }[action]
 
         def decided() -> dict[str, Any]:
-            live = take(name, actor=body.actor, reason=body.reason)
+            live = take(name, actor=caller.actor, reason=body.reason)
             return {"rollout": name, "decision": action, "state": live.state,
                     "stage": live.stage.name}  # fmt: skip
 

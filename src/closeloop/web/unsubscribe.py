@@ -12,11 +12,12 @@ from __future__ import annotations
 from html import escape
 from typing import Annotated
 
-from fastapi import APIRouter, Form
+from fastapi import APIRouter, Depends, Form
 from fastapi.responses import HTMLResponse
 
 from closeloop.app import App
 from closeloop.errors import NotFound
+from closeloop.web.auth import public
 
 ONE_CLICK = "One-Click"
 
@@ -33,7 +34,9 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
 
 
 def router(app: App) -> APIRouter:
-    routes = APIRouter()
+    routes = APIRouter(
+        dependencies=[Depends(public("the unsubscribe link's token (RFC 8058 one-click)"))]
+    )
 
     @routes.get("/u/{token}", response_class=HTMLResponse)
     def confirm(token: str) -> HTMLResponse:
