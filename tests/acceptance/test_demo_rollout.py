@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
 import sqlite3
+import subprocess
 from pathlib import Path
 
-from tests.acceptance.conftest import demo_json
+from tests.acceptance.conftest import CLI, demo_json
 
 
 def test_the_demo_rolls_out_from_a_pilot_to_everyone_and_compares_the_arms(
@@ -36,6 +39,26 @@ def test_the_demo_rolls_out_from_a_pilot_to_everyone_and_compares_the_arms(
         cohorts = dict(db.execute("SELECT cohort, count(*) FROM cases GROUP BY cohort"))
     assert cohorts["control"] > cohorts["enrolled"] > 0  # the pilot's 95% and the rest
     assert cohorts["email_first"] == arms["email_first"]["cases"]
+    reported(workdir / "demo", Path(summary["report_html"]))
+
+
+def reported(out: Path, written: Path) -> None:
+    """The demo ends by writing the report, and `closeloop report` writes it again: one
+    HTML file that needs nothing else, its stylesheet inside and its charts inline SVG."""
+    page = written.read_text()
+    for shown in ("Outcome report", "From trigger to resolution", "Kaplan", "Channel mix",
+                  "Messaging cost per resolution", "Rollout failed_payment_demo",
+                  "Completion per stage and arm", "every gate passed"):  # fmt: skip
+        assert shown in page, shown
+    assert page.count("<svg") >= 6 and 'role="img"' in page
+    self_contained(page)
+    env = {**os.environ, "CLOSELOOP_DATA_DIR": str(out)}
+    env.pop("CLOSELOOP_DATABASE_URL", None)
+    again = out / "again.html"
+    subprocess.run([str(CLI), "report", "--out", str(again)], env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    self_contained(again.read_text())
+    assert "Rollout failed_payment_demo" in again.read_text()
 
 
 def test_an_injected_regression_breaks_a_guardrail_and_halts_the_rollout(workdir: Path) -> None:
@@ -68,3 +91,8 @@ def test_an_injected_regression_breaks_a_guardrail_and_halts_the_rollout(workdir
     assert after["control"] > 100
     assert sent == 0  # on_halt: pause_outreach holds the enrolled cases' messages
     assert found > 0
+
+
+def self_contained(page: str) -> None:
+    assert "<script" not in page and "<link" not in page
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing to fetch

@@ -53,7 +53,7 @@ def serious_violations(page: Any) -> list[str]:
 
     found = Axe().run(page).response["violations"]
     return [
-        f"{v['id']} ({v['impact']}): {v['help']}"
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
         for v in found
         if v.get("impact") in ("serious", "critical")
     ]

@@ -53,10 +53,16 @@ def _polyline(points: str, colour: str) -> str:
     return f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>'
 
 
-def _legend(names: Sequence[str], y: float) -> list[str]:
+def colours(names: Sequence[str]) -> dict[str, str]:
+    """One colour per name, in order: give every chart of a page the same mapping so a
+    cohort keeps its colour from one chart to the next."""
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+
+
+def _legend(names: Sequence[str], y: float, palette: Mapping[str, str]) -> list[str]:
     out, x = [], LEFT
-    for i, name in enumerate(names):
-        colour = PALETTE[i % len(PALETTE)]
+    for name in names:
+        colour = palette[name]
         out.append(f'<rect x="{x}" y="{y - 9}" width="12" height="12" fill="{colour}"/>')
         out.append(_text(x + 16, y + 1, name, 12))
         x += 28 + 7 * len(name)
@@ -80,6 +86,7 @@ def lines(
     series: Mapping[str, Sequence[tuple[int, float, float, float]]],
     *,
     markers: Sequence[tuple[int, str]] = (),
+    palette: Mapping[str, str] | None = None,
 ) -> Markup:
     """Rates (0..1) over `x_labels`: each series' points are (x index, rate, low, high); the
     band between low and high is drawn under the line. `markers` are vertical rules (a
@@ -103,8 +110,9 @@ def lines(
     for i, label in markers:
         body.append(_rule(x(i), x(i), top, bottom, "#555", "4 3"))
         body.append(_text(x(i) + 3, top + 10, label, 10))
-    for n, points in enumerate(series.values()):
-        colour = PALETTE[n % len(PALETTE)]
+    palette = palette or colours(list(series))
+    for name, points in series.items():
+        colour = palette[name]
         if not points:
             continue
         band = [f"{x(i):.1f},{y(hi):.1f}" for i, _, _, hi in points]
@@ -114,7 +122,7 @@ def lines(
         body.append(_polyline(path, colour))
         for i, v, _, _ in points:
             body.append(f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="2.5" fill="{colour}"/>')
-    body += _legend(list(series), HEIGHT - 12)
+    body += _legend(list(series), HEIGHT - 12, palette)
     last = {name: points[-1][1] for name, points in series.items() if points}
     desc = "; ".join(f"{name} {rate:.1%} on the last day" for name, rate in last.items())
     return _frame(title, desc or "no data yet", body)
@@ -125,6 +133,7 @@ def steps(
     curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     *,
     horizon: float = 168.0,
+    palette: Mapping[str, str] | None = None,
 ) -> Markup:
     """Kaplan-Meier curves drawn as the share resolved (1 - survival) against hours, up to
     `horizon` hours; each curve is (times, share still unresolved after each time)."""
@@ -140,8 +149,9 @@ def steps(
     for day in range(0, int(horizon // 24) + 1):
         body.append(_text(x(day * 24), bottom + 16, f"{day}d", anchor="middle"))
     described = []
-    for n, (name, (times, unresolved)) in enumerate(curves.items()):
-        colour = PALETTE[n % len(PALETTE)]
+    palette = palette or colours(list(curves))
+    for name, (times, unresolved) in curves.items():
+        colour = palette[name]
         points, level = [f"{x(0):.1f},{y(0):.1f}"], 0.0
         for t, s in zip(times, unresolved, strict=True):
             if t > horizon:
@@ -152,7 +162,7 @@ def steps(
         points.append(f"{x(horizon):.1f},{y(level):.1f}")
         body.append(_polyline(" ".join(points), colour))
         described.append(f"{name} {level:.0%} resolved by {horizon / 24:g} days")
-    body += _legend(list(curves), HEIGHT - 12)
+    body += _legend(list(curves), HEIGHT - 12, palette)
     return _frame(title, "; ".join(described) or "no data yet", body)
 
 

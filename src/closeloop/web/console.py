@@ -12,6 +12,7 @@ Content-Security-Policy.
 from __future__ import annotations
 
 import hmac
+import secrets
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -257,8 +258,12 @@ def router(app: App) -> APIRouter:
 
     @routes.get("/report")
     def report(me: Principal = Depends(viewer)) -> Response:
-        html = pages.get_template("report.html").render(css=css, **report_context(app))
-        return HTMLResponse(html, headers=HEADERS)
+        nonce = secrets.token_urlsafe(16)  # the report carries its stylesheet inline
+        html = pages.get_template("report.html").render(css=css, nonce=nonce, **report_context(app))
+        policy = HEADERS["Content-Security-Policy"].replace(
+            "style-src 'self'", f"style-src 'nonce-{nonce}'"
+        )
+        return HTMLResponse(html, headers={**HEADERS, "Content-Security-Policy": policy})
 
     # -- the agent's pages --------------------------------------------------------------
     @routes.get("/exceptions")

@@ -38,6 +38,8 @@ def rollout_charts(time: dict[str, Any]) -> dict[str, Markup]:
         if s["at"][:10] in index and s["action"] in ("promote", "halt")
     ]
     enrolled = {c: points for c, points in series.items() if c not in ("outside", "ineligible")}
+    shown = sorted(set(enrolled) | set(time["curves"]), key=lambda c: (c != "control", c))
+    palette = charts.colours(shown)  # a cohort has one colour on every chart
 
     def drawn(metric: str, cohorts: dict[str, list[dict[str, Any]]], title: str) -> Markup:
         return charts.lines(
@@ -51,6 +53,7 @@ def rollout_charts(time: dict[str, Any]) -> dict[str, Markup]:
                 for cohort, points in cohorts.items()
             },
             markers=markers,
+            palette=palette,
         )
 
     arms = {c: p for c, p in enrolled.items() if c != "control"}
@@ -66,6 +69,7 @@ def rollout_charts(time: dict[str, Any]) -> dict[str, Markup]:
                 for c, k in time["curves"].items()
                 if c not in ("outside", "ineligible")
             },
+            palette=palette,
         ),
     }
 
