@@ -69,6 +69,19 @@ SCHEMAS: dict[str, pa.Schema] = {
     ]),
 }  # fmt: skip
 assert set(SCHEMAS) == set(EXPORTED)
+# With personal data (an admin asked): the account id itself, the address a message went
+# to, and what the customer gave (event data) as JSON text.
+PERSONAL: dict[str, list[tuple[str, pa.DataType]]] = {
+    "messages": [("address", pa.string())],
+    "events": [("data", pa.string())],
+}
+
+
+def schema_of(table: str, personal: bool = False) -> pa.Schema:
+    schema = SCHEMAS[table]
+    for name, kind in PERSONAL.get(table, []) if personal else []:
+        schema = schema.insert(schema.get_field_index("day"), pa.field(name, kind))
+    return schema
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,17 +99,20 @@ def export(
     key: bytes,
     since: datetime | None = None,
     until: datetime | None = None,
+    personal: bool = False,
 ) -> list[Exported]:
-    """Write every table to `out` in `form`; what was written, table by table."""
+    """Write every table to `out` in `form`; what was written, table by table. With
+    `personal` (an admin asked for it) account ids, addresses and inputs stay as they are."""
     if form not in FORMATS:
-        raise InputError(f"--format must be one of {', '.join(FORMATS)}, not {form!r}")
+        raise InputError(f"--format must be one of {', '.join(FORMATS)} or ocsf, not {form!r}")
     out.mkdir(parents=True, exist_ok=True)
-    shape = _Shape(key)
+    shape = _Shape(key, personal=personal)
     done = []
     for table in EXPORTED:
         counted = [0]
-        batches = _batches(store, shape, table, since, until, counted)
-        path = _WRITERS[form](out, table, SCHEMAS[table], batches)
+        schema = schema_of(table, personal)
+        batches = _batches(store, shape, table, schema, since, until, counted)
+        path = _WRITERS[form](out, table, schema, batches)
         done.append(Exported(table=table, rows=counted[0], path=path))
     return done
 
@@ -105,6 +121,7 @@ def _batches(
     store: Store,
     shape: _Shape,
     table: str,
+    schema: pa.Schema,
     since: datetime | None,
     until: datetime | None,
     counted: list[int],
@@ -114,16 +131,19 @@ def _batches(
     with store.read() as tx:
         for rows in tx.rows_to_export(table, since, until):
             counted[0] += len(rows)
-            yield pa.RecordBatch.from_pylist([make(r) for r in rows], schema=SCHEMAS[table])
+            yield pa.RecordBatch.from_pylist([make(r) for r in rows], schema=schema)
 
 
 class _Shape:
     """Each table's row as it leaves closeloop: pseudonymised, scrubbed, with its day."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, *, personal: bool = False) -> None:
         self.key = key
+        self.personal = personal
 
     def _pseudonym(self, account_id: str) -> str:
+        if self.personal:
+            return account_id
         digest = hmac.new(self.key, account_id.encode(), hashlib.sha256).hexdigest()
         return f"acct_{digest[:24]}"
 
@@ -136,14 +156,19 @@ class _Shape:
         }  # fmt: skip
 
     def events(self, r: dict[str, Any]) -> dict[str, Any]:
-        return {
+        row = {
             "case_id": r["case_id"], "seq": r["seq"], "kind": r["kind"], "actor": r["actor"],
             "at": r["at"], "reason": scrub(r["reason"] or ""), "day": _day(r["at"]),
         }  # fmt: skip
+        if self.personal:
+            row["reason"] = r["reason"] or ""
+            row["data"] = orjson.dumps(r["data"] or {}).decode()
+        return row
 
     def messages(self, r: dict[str, Any]) -> dict[str, Any]:
         payload, result = r["payload"] or {}, r["result"] or {}
-        return {
+        extra = {"address": payload.get("address")} if self.personal else {}
+        return extra | {
             "case_id": r["case_id"], "idempotency_key": r["idempotency_key"],
             "channel": payload.get("channel"), "template": payload.get("template"),
             "step": payload.get("step_name"), "status": r["status"], "attempts": r["attempts"],

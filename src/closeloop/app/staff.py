@@ -368,6 +368,11 @@ class Staff:
                 tx.update_token(token_id, last_used_at=now)
         return Principal(name=f"token:{row['name']}", role=row["role"], via="token")
 
+    def record(self, actor: str, action: str, detail: str, *, remote: str = "") -> None:
+        """Write one line of the staff audit (an export of personal data, ...)."""
+        with self.store.transaction() as tx:
+            self._audit(tx, actor, action, "success", detail, remote)
+
     def _audit(
         self, tx: Tx, actor: str, action: str, outcome: str, detail: str, remote: str = ""
     ) -> None:

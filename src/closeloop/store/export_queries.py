@@ -12,7 +12,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from closeloop.store.tables import case_events, cases, outbox, rollout_decisions
+from closeloop.store.tables import (
+    case_events,
+    cases,
+    consents,
+    outbox,
+    rollout_decisions,
+    staff_audit,
+)
 
 
 def _outbox(kind: str) -> sa.Select[Any]:
@@ -50,6 +57,25 @@ _SOURCES: dict[str, tuple[sa.Select[Any], sa.ColumnElement[Any]]] = {
 }  # fmt: skip
 EXPORTED = tuple(_SOURCES)
 
+# What the OCSF export reads: security-relevant rows, each with its time column.
+_OCSF_SOURCES: dict[str, tuple[sa.Select[Any], sa.ColumnElement[Any]]] = {
+    "staff": (sa.select(staff_audit), staff_audit.c.at),
+    "identity": (
+        sa.select(
+            case_events.c.case_id, case_events.c.seq, case_events.c.kind, case_events.c.actor,
+            case_events.c.at, case_events.c.data, cases.c.account_id, cases.c.workflow,
+        )
+        .join(cases, cases.c.id == case_events.c.case_id)
+        .where(case_events.c.kind.in_(("identity_passed", "identity_failed"))),
+        case_events.c.at,
+    ),
+    "consents": (sa.select(consents), consents.c.at),
+    "writebacks": (
+        _outbox("writeback").where(outbox.c.status.in_(("done", "failed"))),
+        outbox.c.updated_at,
+    ),
+}  # fmt: skip
+
 
 class ExportQueries:
     c: sa.Connection
@@ -57,8 +83,9 @@ class ExportQueries:
     def rows_to_export(
         self, table: str, since: datetime | None, until: datetime | None, batch: int = 5000
     ) -> Iterator[list[dict[str, Any]]]:
-        """The rows of `table` whose time falls in [since, until), `batch` at a time."""
-        stmt, when = _SOURCES[table]
+        """The rows of `table` (an exported table, or a source of the OCSF export: staff,
+        identity, consents, writebacks) whose time falls in [since, until), in batches."""
+        stmt, when = _SOURCES[table] if table in _SOURCES else _OCSF_SOURCES[table]
         if since is not None:
             stmt = stmt.where(when >= since)
         if until is not None:
