@@ -26,6 +26,7 @@ from closeloop.app.sessions import Sessions
 from closeloop.app.settings import Settings
 from closeloop.app.staff import Staff
 from closeloop.app.telemetry import Telemetry
+from closeloop.app.tracing import Tracing, from_environment
 from closeloop.channels import Channel, SinkChannel
 from closeloop.channels.smtp import SmtpChannel
 from closeloop.channels.twilio import TwilioChannel
@@ -63,6 +64,7 @@ class App:
     reconciler: Reconciler
     staff: Staff
     desk: Desk
+    tracing: Tracing
 
     def work(self, limit: int | None = None) -> int:
         """Run due timers, messages and writebacks until nothing is due now; reconcile
@@ -81,6 +83,7 @@ class App:
                 total += self.dispatcher.run_writebacks(size)
 
     def close(self) -> None:
+        self.tracing.shutdown()
         self.dispatcher.close()
         for channel in {id(c): c for c in self.channels.values()}.values():
             close = getattr(channel, "close", None)
@@ -290,6 +293,8 @@ def build(
                 "breaker": (connector_name, dispatcher.breaker.state)}  # fmt: skip
 
     telemetry.watch(read_state)
+    tracing = from_environment()
+    runtime.tracing = dispatcher.tracing = tracing
     return App(
         settings=settings,
         clock=clock,
@@ -308,6 +313,7 @@ def build(
         reconciler=Reconciler(store, runtime, core, clock),
         staff=Staff(store, clock),
         desk=Desk(store, runtime, clock),
+        tracing=tracing,
         documents=Documents(
             store,
             clock,

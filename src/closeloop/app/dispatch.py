@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
+from opentelemetry.trace import SpanKind
 
 from closeloop.app import links
 from closeloop.app.breaker import CircuitBreaker, RetryBudget
@@ -25,6 +26,7 @@ from closeloop.app.compose import approved_variables, compose
 from closeloop.app.pacing import Pace
 from closeloop.app.runtime import Runtime
 from closeloop.app.telemetry import Telemetry
+from closeloop.app.tracing import Tracing
 from closeloop.channels import Channel, OutgoingMessage, SendResult, settle
 from closeloop.channels.sms import measure
 from closeloop.connectors import Connector, WritebackResult
@@ -95,6 +97,7 @@ class Dispatcher:
         self.channels = channels
         self.connector = connector
         self.connector_name = connector_name
+        self.tracing = Tracing()  # no-op until bootstrap hands it the configured one
         self.breaker = breaker or CircuitBreaker()
         self.budget = budget or RetryBudget()
         # A writeback still held back (breaker open) this long after its outcome fails,
@@ -266,6 +269,34 @@ class Dispatcher:
         tally.count(self.telemetry)
         return len(claimed)
 
+    def _execute(self, item: OutboxItem) -> WritebackResult:
+        """One writeback call to the system of record (a span, when tracing)."""
+        payload = item.payload
+        with self.tracing.span(
+            f"writeback {payload['operation']}",
+            {
+                "closeloop.case_id": item.case_id,
+                "closeloop.operation": payload["operation"],
+                "closeloop.idempotency_key": item.idempotency_key,
+                "closeloop.attempt": item.attempts + 1,
+                "closeloop.connector": self.connector_name,
+            },
+            kind=SpanKind.CLIENT,
+        ) as span:
+            try:
+                result = self.connector.execute(
+                    payload["operation"],
+                    payload.get("argument"),
+                    {**payload["data"], "outcome": payload.get("outcome")},
+                    item.idempotency_key,
+                )
+            except Exception as exc:  # a connector bug must not lose the outcome
+                log.exception("connector_crashed", key=item.idempotency_key)
+                result = WritebackResult(ok=False, retryable=True, error=f"connector error: {exc}")
+            if not result.ok and not result.pending:
+                self.tracing.failed(span, result.error or "failed")
+            return result
+
     def send_now(self, message: OutgoingMessage) -> SendResult:
         """Send one message at once, outside the outbox (a one-time code the customer asked for)."""
         channel = self.channels.get(message.channel)
@@ -279,12 +310,36 @@ class Dispatcher:
         self, outgoing: list[tuple[OutboxItem, Channel, OutgoingMessage]]
     ) -> list[SendResult]:
         """Hand every message to its provider, on several connections when configured."""
+        parent = self.tracing.here()
         if self._pool is None or len(outgoing) < 2:
-            results = [channel.send(message) for _, channel, message in outgoing]
+            results = [self._send_one(item, ch, message, parent) for item, ch, message in outgoing]
         else:
-            results = list(self._pool.map(lambda job: job[1].send(job[2]), outgoing))
+            results = list(
+                self._pool.map(lambda job: self._send_one(job[0], job[1], job[2], parent), outgoing)
+            )
         settle(channel for _, channel, _ in outgoing)
         return results
+
+    def _send_one(
+        self, item: OutboxItem, channel: Channel, message: OutgoingMessage, parent: Any
+    ) -> SendResult:
+        if not self.tracing.enabled:
+            return channel.send(message)
+        with self.tracing.span(
+            f"send {message.channel}",
+            {
+                "closeloop.case_id": item.case_id,
+                "closeloop.channel": message.channel,
+                "closeloop.idempotency_key": item.idempotency_key,
+            },
+            kind=SpanKind.CLIENT,
+            parent=parent,
+        ) as span:
+            result = channel.send(message)
+            span.set_attribute("closeloop.result", result.status)
+            if result.status == "failed":
+                self.tracing.failed(span, result.reason or "failed")
+            return result
 
     def close(self) -> None:
         if self._pool is not None:
@@ -498,16 +553,7 @@ class Dispatcher:
                 continue
             payload = item.payload
             began = time.perf_counter()  # the core's latency, on the wall clock
-            try:
-                result = self.connector.execute(
-                    payload["operation"],
-                    payload.get("argument"),
-                    {**payload["data"], "outcome": payload.get("outcome")},
-                    item.idempotency_key,
-                )
-            except Exception as exc:  # a connector bug must not lose the outcome
-                log.exception("connector_crashed", key=item.idempotency_key)
-                result = WritebackResult(ok=False, retryable=True, error=f"connector error: {exc}")
+            result = self._execute(item)
             self.telemetry.writeback_seconds.labels(
                 payload["operation"],
                 "ok" if result.ok

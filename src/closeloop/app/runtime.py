@@ -13,6 +13,7 @@ from typing import Any
 
 from closeloop import rollout
 from closeloop.app.rollouts import Live, Rollouts
+from closeloop.app.tracing import Tracing
 from closeloop.clock import Clock
 from closeloop.connectors import Account, Connector
 from closeloop.engine import (
@@ -89,6 +90,7 @@ class Runtime:
         self.clock = clock
         self.cohort_percent = cohort_percent  # when no rollout of the workflow is live
         self.rollouts = rollouts
+        self.tracing = Tracing()  # no-op until bootstrap hands it the configured one
 
     def register_workflows(self) -> None:
         """Record each loaded spec version so cases can always find theirs."""
@@ -160,6 +162,10 @@ class Runtime:
         garbage) opens nothing and is answered ``unavailable``: its sender
         sends it again, and the trigger id keeps that idempotent.
         """
+        with self.tracing.span("intake", {"closeloop.triggers": len(triggers)}):
+            return self._intake(triggers)
+
+    def _intake(self, triggers: Sequence[TriggerIn]) -> list[IntakeResult]:
         plans = [(t, *self._plan(t)) for t in triggers]
         with self.store.read() as tx:
             seen = tx.cases_by_triggers([t.id for t, c, _ in plans if c is not None])

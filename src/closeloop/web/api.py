@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from closeloop.app import App, TriggerIn
 from closeloop.app.telemetry import CONTENT_TYPE
+from closeloop.app.tracing import TracedRequests
 from closeloop.errors import NotFound, TriggerError
 from closeloop.web import console, miniapp, rollouts, unsubscribe, webhooks
 from closeloop.web.auth import public, require
@@ -159,4 +160,6 @@ def create_api(app: App) -> FastAPI:
     api.add_middleware(
         CardNumberGuard, flag=lambda where: app.telemetry.card_numbers.labels(where).inc()
     )
+    if app.tracing.enabled:  # outermost: the span covers the card guard's refusals too
+        api.add_middleware(TracedRequests, tracing=app.tracing)
     return api
