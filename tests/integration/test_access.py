@@ -36,6 +36,8 @@ MATRIX: dict[tuple[str, str], str] = {
     ("GET", "/console/assets/console.css"): "public",
     ("GET", "/console/sign-in"): "public",
     ("POST", "/console/sign-in"): "public",
+    ("GET", "/console/oidc/start"): "public",
+    ("GET", "/console/oidc/callback"): "public",
     ("POST", "/console/sign-out"): "viewer",
     ("GET", "/console"): "viewer",
     ("GET", "/console/rollouts"): "viewer",

@@ -120,6 +120,18 @@ class Settings(BaseSettings):
         description="the version of the consent and opt-out notice text customers are shown; "
         "recorded with every consent change closeloop takes",
     )
+    oidc_issuer: str | None = Field(
+        default=None,
+        pattern=r"^https?://\S+$",
+        description="staff sign in through this OpenID Connect provider (its issuer URL)",
+    )
+    oidc_client_id: str | None = Field(default=None, description="closeloop's client at the IdP")
+    oidc_client_secret: SecretStr | None = Field(default=None, description="its client secret")
+    oidc_username_claim: str = Field(
+        default="email",
+        description="the ID token claim that is the closeloop username (closeloop users add)",
+    )
+    oidc_name: str = Field(default="single sign-on", description="the sign-in button's words")
     sms_segment_cost: Decimal = Field(
         default=Decimal("0.0083"), ge=0, description="what one SMS segment costs (reporting)"
     )

@@ -24,6 +24,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.datastructures import FormData
 
 from closeloop.app import App
+from closeloop.app.bootstrap import data_key
+from closeloop.app.oidc import SignOnError, SingleSignOn
 from closeloop.app.overview import overview
 from closeloop.app.staff import Principal, SignInError
 from closeloop.errors import InputError, NotFound, StateError
@@ -161,7 +163,9 @@ def router(app: App) -> APIRouter:
         me = principal_of(request, app.staff)
         if me is not None:
             return RedirectResponse(_safe_next(next), status_code=303)
-        return render("sign_in.html", None, title="Sign in", next=_safe_next(next), error="")
+        return render(
+            "sign_in.html", None, title="Sign in", next=_safe_next(next), error="", sso=sso
+        )
 
     @routes.post("/sign-in", dependencies=[Depends(public("where staff sign in"))])
     async def sign_in(request: Request) -> Response:
@@ -181,8 +185,79 @@ def router(app: App) -> APIRouter:
                 title="Sign in",
                 next=target,
                 error="The username or password is not right, or the account cannot sign in now.",
+                sso=sso,
             )
         response = RedirectResponse(target, status_code=303, headers=HEADERS)
+        response.set_cookie(
+            COOKIE, session_id, secure=True, httponly=True, samesite="strict", path="/"
+        )
+        return response
+
+    sso = None
+    if app.settings.oidc_issuer and app.settings.oidc_client_id:
+        sso = SingleSignOn(app.settings, data_key(app.settings.data_dir, "oidc"))
+    flow_cookie = "__Host-closeloop-oidc"
+
+    @routes.get("/oidc/start", dependencies=[Depends(public("where single sign-on begins"))])
+    def oidc_start(next: str = "/console") -> Response:
+        if sso is None:
+            return render(
+                "missing.html",
+                None,
+                status=404,
+                title="Not configured",
+                what="Single sign-on is not configured here.",
+            )
+        started = sso.start(_safe_next(next))
+        response = RedirectResponse(started.url, status_code=303, headers=HEADERS)
+        response.set_cookie(
+            flow_cookie,
+            started.cookie,
+            max_age=600,
+            secure=True,
+            httponly=True,
+            samesite="lax",
+            path="/",
+        )
+        return response
+
+    @routes.get(
+        "/oidc/callback", dependencies=[Depends(public("where the OIDC provider sends staff back"))]
+    )
+    def oidc_callback(request: Request, code: str = "", state: str = "") -> Response:
+        if sso is None:
+            return render(
+                "missing.html",
+                None,
+                status=404,
+                title="Not configured",
+                what="Single sign-on is not configured here.",
+            )
+        try:
+            username, target = sso.finish(
+                request.cookies.get(flow_cookie, ""), code=code, state=state
+            )
+            session_id, _ = app.staff.start_session(username, "oidc", remote=remote_of(request))
+        except (SignOnError, SignInError) as exc:
+            why = (
+                str(exc)
+                if isinstance(exc, SignOnError)
+                else (
+                    "You signed in with the provider, but you are not a closeloop user, or your "
+                    "account is disabled: ask an admin."
+                )
+            )
+            return render(
+                "sign_in.html",
+                None,
+                status=401,
+                title="Sign in",
+                next="/console",
+                error=why,
+                sso=sso,
+            )
+        response = RedirectResponse(_safe_next(target), status_code=303, headers=HEADERS)
+        response.delete_cookie(flow_cookie, path="/", secure=True, httponly=True, samesite="lax")
         response.set_cookie(
             COOKIE, session_id, secure=True, httponly=True, samesite="strict", path="/"
         )
