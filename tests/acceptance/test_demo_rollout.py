@@ -39,7 +39,7 @@ def test_the_demo_rolls_out_from_a_pilot_to_everyone_and_compares_the_arms(
         cohorts = dict(db.execute("SELECT cohort, count(*) FROM cases GROUP BY cohort"))
     assert cohorts["control"] > cohorts["enrolled"] > 0  # the pilot's 95% and the rest
     assert cohorts["email_first"] == arms["email_first"]["cases"]
-    reported(workdir / "demo", Path(summary["report_html"]))
+    reported(workdir / "demo", workdir / "demo" / summary["report_html"])
 
 
 def reported(out: Path, written: Path) -> None:

@@ -228,8 +228,8 @@ class Rollouts:
                 {
                     "day": day,
                     "cases": n,
-                    "completion": _rate(completed, n),
-                    "resolution": _rate(resolved, n),
+                    "completion": wilson(completed, n),
+                    "resolution": wilson(resolved, n),
                 }
             )
         stages = [
@@ -474,7 +474,7 @@ def _sum(tallies: Any) -> Tally:
     return Tally(**total)
 
 
-def _rate(successes: int, n: int) -> dict[str, float]:
+def wilson(successes: int, n: int) -> dict[str, float]:
     """A proportion with its 95% Wilson score interval."""
     ci = binomtest(successes, n).proportion_ci(method="wilson")
     return {"rate": successes / n, "low": float(ci.low), "high": float(ci.high)}

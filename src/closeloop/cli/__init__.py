@@ -617,7 +617,7 @@ def demo(
             )
         with app.store.read() as tx:
             example = tx.first_case_id(Status.RESOLVED)
-        summary["report_html"] = str(write_report(app, out_dir / "report.html"))
+        summary["report_html"] = write_report(app, out_dir / "report.html").name  # in --out
     finally:
         visitor.close()
         app.close()
@@ -832,7 +832,7 @@ def _print_summary(s: dict[str, Any], out_dir: Path) -> None:
     if "rollout" in s:
         _print_rollout(s["rollout"])
     out.print(f"database: {s['database']}")
-    out.print(f"report:   {s['report_html']} (HTML) and {out_dir / 'report.json'}")
+    out.print(f"report:   {out_dir / s['report_html']} and {out_dir / 'report.json'}")
     out.print("what the numbers mean: docs/demo.md")
 
 

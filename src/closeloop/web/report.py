@@ -17,6 +17,7 @@ from markupsafe import Markup
 
 from closeloop.app import App
 from closeloop.app.overview import overview
+from closeloop.app.rollouts import wilson
 from closeloop.web import charts
 
 
@@ -118,8 +119,10 @@ def _stage_arms(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "arms": {
                         name: {
                             "cases": a["cases"],
-                            "completion": a["completed"] / a["cases"] if a["cases"] else None,
-                            "resolution": a["resolved"] / a["cases"] if a["cases"] else None,
+                            "completion": wilson(a["completed"], a["cases"])
+                            if a["cases"]
+                            else None,
+                            "resolution": wilson(a["resolved"], a["cases"]) if a["cases"] else None,
                         }
                         for name, a in arms.items()
                     },
