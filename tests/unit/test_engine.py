@@ -11,19 +11,24 @@ from closeloop.engine import (
     EXPIRE,
     BackendEvent,
     Case,
+    ClosedUnresolvable,
     Decision,
     Disputed,
     IdentityChecked,
     LinkOpened,
+    LinkResent,
     MessageFailed,
     Opened,
     OpenException,
     OutcomeSubmitted,
     RequestWriteback,
+    ResolvedByAgent,
+    RetryWriteback,
     SendMessage,
     Status,
     TimerFired,
     WritebackFailed,
+    WritebackRetried,
     WritebackSucceeded,
     step,
 )
@@ -229,6 +234,87 @@ def test_failed_writeback_opens_an_exception(compiled: CompiledSpec) -> None:
     )
     assert d.case.status is Status.EXCEPTION
     assert any(isinstance(i, OpenException) and i.queue == "billing_ops" for i in d.intents)
+
+
+def in_exception(compiled: CompiledSpec) -> tuple[Case, list[str]]:
+    """A paid case whose first writeback failed while the other two succeeded."""
+    d = step(
+        verified(compiled),
+        OutcomeSubmitted(option="pay_now", values={"amount": "120.50", "method": "pm_1"}),
+        compiled,
+        NOW,
+    )
+    keys = [i.idempotency_key for i in d.intents if isinstance(i, RequestWriteback)]
+    case = step(d.case, WritebackSucceeded(operation_key=keys[1]), compiled, NOW).case
+    case = step(case, WritebackFailed(operation_key=keys[0], reason="timeout"), compiled, NOW).case
+    assert case.status is Status.EXCEPTION
+    return case, keys
+
+
+def test_a_case_in_exception_takes_only_what_an_agent_does(compiled: CompiledSpec) -> None:
+    case, keys = in_exception(compiled)
+    late = step(case, WritebackSucceeded(operation_key=keys[2]), compiled, NOW)
+    assert late.rejected  # the third came while an agent holds the case: the outbox says so
+    live = opened(compiled).case
+    for action in (
+        WritebackRetried(operation_keys=(keys[0],)),
+        ClosedUnresolvable(note="x"),
+        LinkResent(channel="sms"),
+        ResolvedByAgent(option="pay_now"),
+    ):
+        assert "not in exception" in (step(live, action, compiled, NOW).rejected or "")
+    unknown = step(case, WritebackRetried(operation_keys=("nope",)), compiled, NOW)
+    assert unknown.rejected and "no such failed writeback" in unknown.rejected
+
+
+def test_an_agents_retry_runs_the_failed_keys_again_and_settles_the_rest(
+    compiled: CompiledSpec,
+) -> None:
+    case, keys = in_exception(compiled)
+    retry = WritebackRetried(
+        operation_keys=(keys[0],), settled=(keys[2],), actor="staff:ana", note="core fixed"
+    )
+    d = step(case, retry, compiled, NOW)
+    assert d.case.status is Status.WRITING_BACK and d.case.closed_at is None
+    assert d.intents == (RetryWriteback(idempotency_key=keys[0], round=1),)
+    assert d.case.pending_writebacks == (keys[0],)
+    assert (d.history[-1].kind, d.history[-1].actor) == ("writeback_retried", "staff:ana")
+    done = step(d.case, WritebackSucceeded(operation_key=keys[0]), compiled, NOW)
+    assert done.case.status is Status.RESOLVED
+
+
+def test_an_agents_outcome_has_keys_of_its_own_and_no_identity_check(
+    compiled: CompiledSpec,
+) -> None:
+    case, keys = in_exception(compiled)
+    values = {"amount": "120.50", "method": "pm_1"}
+    d = step(
+        case,
+        ResolvedByAgent(option="pay_now", values=values, actor="staff:ana", note="paid by phone"),
+        compiled,
+        NOW,
+    )
+    fresh = [i.idempotency_key for i in d.intents if isinstance(i, RequestWriteback)]
+    assert len(fresh) == 3 and not set(fresh) & set(keys)
+    assert d.case.status is Status.WRITING_BACK and d.case.agent_touched
+    assert d.history[-1].reason == "paid by phone"
+    too_much = step(
+        case, ResolvedByAgent(option="pay_now", values={**values, "amount": "9999"}), compiled, NOW
+    )
+    assert too_much.rejected and "amount must be between" in too_much.rejected
+
+
+def test_a_new_link_reopens_the_case_and_a_close_ends_it(compiled: CompiledSpec) -> None:
+    case, _ = in_exception(compiled)
+    d = step(case, LinkResent(channel="sms", actor="staff:ana"), compiled, NOW)
+    (message,) = d.intents
+    assert isinstance(message, SendMessage) and message.channel == "sms"
+    assert d.case.status is Status.OUTREACH and d.case.identity_failures == 0
+    assert {t.name for t in d.timers} == {EXPIRE}
+    assert step(case, LinkResent(channel="fax"), compiled, NOW).rejected
+    closed = step(case, ClosedUnresolvable(note="deceased"), compiled, NOW)
+    assert closed.case.status is Status.UNRESOLVABLE and closed.case.reason == "deceased"
+    assert step(closed.case, LinkResent(channel="sms"), compiled, NOW).rejected
 
 
 def test_payment_posted_elsewhere_closes_the_case(compiled: CompiledSpec) -> None:

@@ -65,8 +65,8 @@ class Desk:
 
     @staticmethod
     def _why_not(tx: Tx, exception_id: str, *, releasing: bool = False) -> str:
-        row = next((r for r in tx.open_exceptions(limit=100_000) if r["id"] == exception_id), None)
-        if row is None:
+        row = tx.exception(exception_id)
+        if row is None or row["status"] != "open":
             return f"exception {exception_id} is not open"
         if releasing and row["claimed_by"] is None:
             return "nobody has claimed it"
@@ -76,14 +76,21 @@ class Desk:
     def retry(self, case_id: str, agent: Principal, note: str = "") -> None:
         """Send the case's failed writebacks again, under their own idempotency keys."""
         with self.store.read() as tx:
+            case = tx.load_case(case_id)
             rows = tx.writebacks(case_id)
             history = tx.history(case_id)
+        if case is None:
+            raise NotFound(f"no case {case_id}")
+        # The outcome now standing: an earlier one's failed writebacks are history.
+        rows = [r for r in rows if r["idempotency_key"] in case.pending_writebacks]
         failed = tuple(r["idempotency_key"] for r in rows if r["status"] == "failed")
         if not failed:
             raise StateError("the case has no failed writeback to retry")
+        settled = tuple(r["idempotency_key"] for r in rows if r["status"] == "done")
         rounds = sum(1 for h in history if h["kind"] == "writeback_retried")
         event = WritebackRetried(
             operation_keys=failed,
+            settled=settled,
             round=rounds + 1,
             actor=agent.actor,
             note=note,

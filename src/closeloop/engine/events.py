@@ -127,9 +127,13 @@ class AgentAction(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class WritebackRetried(AgentAction):
-    """Send failed writebacks again, under their own idempotency keys (`round` counts retries)."""
+    """Send failed writebacks again, under their own idempotency keys (`round` counts retries).
+
+    `settled` are pending writebacks the outbox holds as done: their success came while the
+    case was in exception, so the case did not take it then."""
 
     operation_keys: tuple[str, ...]
+    settled: tuple[str, ...] = ()
     round: int = 1
 
 

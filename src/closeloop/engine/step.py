@@ -640,7 +640,14 @@ def _retried(d: _Draft, event: Event, compiled: CompiledSpec) -> str | None:
     unknown = [k for k in event.operation_keys if k not in d.case.pending_writebacks]
     if not event.operation_keys or unknown:
         return f"no such failed writeback: {', '.join(unknown) or '(none given)'}"
-    d.change(status=Status.WRITING_BACK, closed_at=None, reason=None, agent_touched=True)
+    pending = tuple(k for k in d.case.pending_writebacks if k not in event.settled)
+    d.change(
+        status=Status.WRITING_BACK,
+        closed_at=None,
+        reason=None,
+        agent_touched=True,
+        pending_writebacks=pending,
+    )
     for key in event.operation_keys:
         d.intents.append(RetryWriteback(idempotency_key=key, round=event.round))
     d.record(

@@ -106,6 +106,10 @@ class StaffQueries:
         stmt = stmt.order_by(exceptions.c.due_at, exceptions.c.id).limit(limit)
         return [dict(r._mapping) for r in self.c.execute(stmt)]
 
+    def exception(self, exception_id: str) -> dict[str, Any] | None:
+        row = self.c.execute(sa.select(exceptions).where(exceptions.c.id == exception_id)).first()
+        return dict(row._mapping) if row else None
+
     def case_exceptions(self, case_id: str) -> list[dict[str, Any]]:
         stmt = (
             sa.select(exceptions)
