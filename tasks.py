@@ -5,7 +5,8 @@
     python3 tasks.py test [pytest options] # set up, then lint, type-check, layer-check, test
 
 The test setup also installs Debian's `chromium` for the browser tests (with
-apt-get, as root or through sudo) when it is missing.
+apt-get, as root or through sudo) when it is missing. Tests run on two workers
+(pytest-xdist); CLOSELOOP_TEST_WORKERS=1 runs them one at a time.
 
 Needs only Python 3.11+ and the package index. The environment lives in `.venv`
 and is reinstalled when `pyproject.toml` changes.
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".closeloop-installed"
+WORKERS = os.environ.get("CLOSELOOP_TEST_WORKERS", "2")
 
 
 def _run(*args: str | Path) -> None:
@@ -73,7 +75,9 @@ def test(args: list[str]) -> int:
         [BIN / "ruff", "check", "src", "tests", "benchmarks", "tasks.py"],
         [BIN / "mypy"],
         [BIN / "lint-imports"],
-        [BIN / "python", "-m", "pytest", *args],
+        # Two workers by default (CLOSELOOP_TEST_WORKERS), a test file to each at a time:
+        # the demo-driven acceptance tests are CPU-bound and share their module's fixtures.
+        [BIN / "python", "-m", "pytest", "-n", WORKERS, "--dist", "loadfile", *args],
     ]
     for step in steps:
         print("+", " ".join(str(a) for a in step), flush=True)

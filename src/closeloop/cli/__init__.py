@@ -831,8 +831,9 @@ def _print_summary(s: dict[str, Any], out_dir: Path) -> None:
     out.print(f"opt-outs recorded: {s['opt_outs']}")
     if "rollout" in s:
         _print_rollout(s["rollout"])
-    out.print(f"database: {s['database']}")
-    out.print(f"report:   {out_dir / s['report_html']} and {out_dir / 'report.json'}")
+    out.print(f"database: {s['database']}", soft_wrap=True)  # paths stay whole, to copy
+    out.print(f"report:   {out_dir / s['report_html']}", soft_wrap=True)
+    out.print(f"summary:  {out_dir / 'report.json'}", soft_wrap=True)
     out.print("what the numbers mean: docs/demo.md")
 
 
