@@ -51,6 +51,8 @@ def reported(out: Path, written: Path) -> None:
                   "Completion per stage and arm", "every gate passed"):  # fmt: skip
         assert shown in page, shown
     assert page.count("<svg") >= 6 and 'role="img"' in page
+    for stage in ("pilot", "quarter", "half", "everyone"):  # each stage's own cases
+        assert f'<th scope="row">{stage}</th>' in page, stage
     self_contained(page)
     env = {**os.environ, "CLOSELOOP_DATA_DIR": str(out)}
     env.pop("CLOSELOOP_DATABASE_URL", None)

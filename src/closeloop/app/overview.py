@@ -41,7 +41,11 @@ def overview(app: App) -> dict[str, Any]:
         "funnel": funnel,
         "channels": channels,
         "delivery": delivery,
-        "delivery_rate": _rate(delivery.get("delivered", 0), sum(delivery.values())),
+        # Of the messages whose provider said how they ended (accepted or sent is not yet an end)
+        "delivery_rate": _rate(
+            delivery.get("delivered", 0),
+            sum(delivery.get(s, 0) for s in ("delivered", "undelivered", "failed")),
+        ),
         "deferred": held["deferred"],
         "blocked": held["blocked"],
         "opt_outs": consents.get("withdrawn", 0),

@@ -251,6 +251,43 @@ class Rollouts:
             },
         }
 
+    def by_stage(self, name: str) -> list[dict[str, Any]]:
+        """Each stage the rollout went through, over the cases opened while it ran: per cohort
+        (arms or `enrolled`, and the control) cases, completion and resolution, with their
+        95% Wilson intervals."""
+        live = self.find(name)
+        stages = [s.name for s in live.plan.stages]
+        now = self.clock.now() + timedelta(microseconds=1)
+        windows: list[tuple[str, datetime, datetime]] = []
+        current: tuple[str, datetime] | None = None
+        for d in self.decisions(name):
+            if d["action"] == "start":
+                current = (d["stage"], d["at"])
+            elif d["action"] == "promote" and current is not None:
+                windows.append((current[0], current[1], d["at"]))
+                following = stages.index(d["stage"]) + 1
+                current = (stages[following], d["at"]) if following < len(stages) else None
+        if current is not None:
+            windows.append((current[0], current[1], now))
+        out = []
+        with self.store.read() as tx:
+            for stage, since, until in windows:
+                tallies = tx.rollout_tallies(live.plan.workflow, since, until)
+                tallies.pop(OUTSIDE, None)
+                cohorts = {
+                    cohort: {
+                        "cases": t["cases"],
+                        "completion": wilson(t.get("completed", 0), t["cases"]),
+                        "resolution": wilson(t.get("resolved", 0), t["cases"]),
+                    }
+                    for cohort, t in sorted(tallies.items(), key=lambda kv: kv[0] == CONTROL)
+                    if t.get("cases")
+                }
+                out.append(
+                    {"stage": stage, "since": since, "until": min(until, now), "cohorts": cohorts}
+                )
+        return out
+
     def _spec(self, workflow: str) -> Spec | None:
         if workflow not in self._specs:
             with self.store.read() as tx:

@@ -60,7 +60,8 @@ class ReportQueries:
         return out
 
     def writeback_latency(self) -> dict[str, float | None]:
-        """Seconds from a writeback's request to its answer: mean and the slowest, done ones."""
+        """Seconds from a writeback's request to its success, retries and waits included: mean
+        and the slowest. (The core's own answer times are `closeloop_writeback_seconds`.)"""
         if self.c.dialect.name == "sqlite":
             seconds = (
                 sa.func.julianday(outbox.c.updated_at) - sa.func.julianday(outbox.c.created_at)

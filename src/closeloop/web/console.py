@@ -297,6 +297,7 @@ def router(app: App) -> APIRouter:
             title=f"Rollout {name}",
             r=report,
             drawn=rollout_charts(app.rollouts.over_time(name)),
+            stages=app.rollouts.by_stage(name),
             actions=ROLLOUT_ACTIONS,
             error=error,
         )

@@ -17,7 +17,6 @@ from markupsafe import Markup
 
 from closeloop.app import App
 from closeloop.app.overview import overview
-from closeloop.app.rollouts import wilson
 from closeloop.web import charts
 
 
@@ -87,7 +86,7 @@ def report_context(app: App) -> dict[str, Any]:
             {
                 "r": app.rollouts.report(name),
                 "drawn": rollout_charts(app.rollouts.over_time(name)),
-                "stages": _stage_arms(app.rollouts.decisions(name)),
+                "stages": app.rollouts.by_stage(name),
             }
         )
     sent = {name: c["sent"] for name, c in state["channels"].items()}
@@ -103,32 +102,6 @@ def report_context(app: App) -> dict[str, Any]:
             "Cases by status", sorted(state["cases"].items(), key=lambda kv: -kv[1])
         ),
     }
-
-
-def _stage_arms(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each stage's arms as they stood when it was decided on (promoted, halted, completed)."""
-    out = []
-    for d in decisions:
-        arms = (d["data"] or {}).get("arms") or {}
-        if d["action"] in ("promote", "halt", "complete") and arms:
-            out.append(
-                {
-                    "stage": d["stage"],
-                    "action": d["action"],
-                    "at": d["at"],
-                    "arms": {
-                        name: {
-                            "cases": a["cases"],
-                            "completion": wilson(a["completed"], a["cases"])
-                            if a["cases"]
-                            else None,
-                            "resolution": wilson(a["resolved"], a["cases"]) if a["cases"] else None,
-                        }
-                        for name, a in arms.items()
-                    },
-                }
-            )
-    return out
 
 
 def write_report(app: App, out: Path) -> Path:
