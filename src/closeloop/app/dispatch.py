@@ -543,6 +543,7 @@ class Dispatcher:
         results: list[tuple[OutboxItem, WritebackResult, bool]] = []
         held: list[tuple[OutboxItem, datetime, str]] = []  # (item, until, why): not an attempt
         opened: list[tuple[datetime, str]] = []
+        took: dict[int, float] = {}  # each call's wall-clock seconds
         for item in claimed:
             now = self.runtime.clock.now()
             if not self.breaker.allows(now):
@@ -554,13 +555,14 @@ class Dispatcher:
             payload = item.payload
             began = time.perf_counter()  # the core's latency, on the wall clock
             result = self._execute(item)
+            took[item.id] = round(time.perf_counter() - began, 4)
             self.telemetry.writeback_seconds.labels(
                 payload["operation"],
                 "ok" if result.ok
                 else "pending" if result.pending
                 else "retry" if result.retryable
                 else "failed",
-            ).observe(time.perf_counter() - began)  # fmt: skip
+            ).observe(took[item.id])  # fmt: skip
             answered = self.runtime.clock.now()
             healthy = result.ok or result.pending or not result.retryable
             if self.breaker.record(healthy, answered):
@@ -631,6 +633,7 @@ class Dispatcher:
                             "reference": result.reference,
                             "error": result.error,
                             "retryable": result.retryable,
+                            "seconds": took[item.id],  # the last call's, for connector health
                         },
                     )
                 )

@@ -68,14 +68,21 @@ class ReportQueries:
             ) * 86400.0
         else:
             seconds = sa.extract("epoch", outbox.c.updated_at - outbox.c.created_at)
-        mean, most = self.c.execute(
-            sa.select(sa.func.avg(seconds), sa.func.max(seconds)).where(
-                outbox.c.kind == "writeback", outbox.c.status == "done"
-            )
+        call = outbox.c.result["seconds"].as_float()  # the core's answer to the last call
+        mean, most, answer, slowest = self.c.execute(
+            sa.select(
+                sa.func.avg(seconds), sa.func.max(seconds), sa.func.avg(call), sa.func.max(call)
+            ).where(outbox.c.kind == "writeback", outbox.c.status == "done")
         ).one()
+
+        def rounded(value: Any) -> float | None:
+            return None if value is None else round(float(value), 3)
+
         return {
-            "mean_seconds": None if mean is None else round(float(mean), 3),
-            "max_seconds": None if most is None else round(float(most), 3),
+            "mean_seconds": rounded(mean),
+            "max_seconds": rounded(most),
+            "call_mean_seconds": rounded(answer),
+            "call_max_seconds": rounded(slowest),
         }
 
     def all_rollouts(self) -> list[dict[str, Any]]:
