@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 
 from closeloop.app.staff import ROLES, Principal, Staff
 
@@ -104,9 +104,11 @@ def route_table(routes: Any, prefix: str = "", inherited: tuple[Any, ...] = ()) 
         router = getattr(route, "original_router", None)
         if router is not None:
             context = route.include_context
-            table += route_table(
-                router.routes, prefix + context.prefix, (*inherited, *context.dependencies)
+            marked = (
+                (public(router.closeloop_public),) if hasattr(router, "closeloop_public") else ()
             )
+            deps = (*inherited, *context.dependencies, *(Depends(m) for m in marked))
+            table += route_table(router.routes, prefix + context.prefix, deps)
             continue
         path = prefix + route.path
         methods = tuple(sorted(getattr(route, "methods", None) or ()))
@@ -115,6 +117,14 @@ def route_table(routes: Any, prefix: str = "", inherited: tuple[Any, ...] = ()) 
             continue
         table.append((methods, path, rule_of(route, inherited)))
     return table
+
+
+def public_router(why: str) -> APIRouter:
+    """A router whose every route is open to anyone, for the reason given. It costs its
+    requests nothing (a `public` dependency is resolved on every request): the mini-app's."""
+    router = APIRouter()
+    router.closeloop_public = why  # type: ignore[attr-defined]
+    return router
 
 
 def rule_of(route: Any, inherited: tuple[Any, ...] = ()) -> str | None:

@@ -36,7 +36,7 @@ from importlib import resources
 from typing import Any, BinaryIO
 from urllib.parse import urlencode, urlsplit
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from python_multipart import MultipartParser
@@ -50,7 +50,7 @@ from closeloop.engine import Case, Status
 from closeloop.errors import NotFound, OperationalError, StateError
 from closeloop.ids import short_digest
 from closeloop.policy import OfferedOption, Plan, chosen_plan, last_first_date
-from closeloop.web.auth import public
+from closeloop.web.auth import public_router
 from closeloop.web.i18n import LOCALES, pick, reason, text
 
 COOKIE = "__Host-closeloop-session"
@@ -92,7 +92,7 @@ def mask(name: str) -> str:
 
 
 def router(app: App) -> APIRouter:
-    routes = APIRouter(dependencies=[Depends(public("the customer's signed link and session"))])
+    routes = public_router("the customer's signed link and session")
     settings = app.settings
     # Failed link redemptions answer no sooner than this after the request came in,
     # so unknown, expired and used links cannot be told apart by their timing.

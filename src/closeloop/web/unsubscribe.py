@@ -12,12 +12,12 @@ from __future__ import annotations
 from html import escape
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form
+from fastapi import APIRouter, Form
 from fastapi.responses import HTMLResponse
 
 from closeloop.app import App
 from closeloop.errors import NotFound
-from closeloop.web.auth import public
+from closeloop.web.auth import public_router
 
 ONE_CLICK = "One-Click"
 
@@ -34,9 +34,7 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
 
 
 def router(app: App) -> APIRouter:
-    routes = APIRouter(
-        dependencies=[Depends(public("the unsubscribe link's token (RFC 8058 one-click)"))]
-    )
+    routes = public_router("the unsubscribe link's token (RFC 8058 one-click)")
 
     @routes.get("/u/{token}", response_class=HTMLResponse)
     def confirm(token: str) -> HTMLResponse:

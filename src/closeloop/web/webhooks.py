@@ -8,12 +8,12 @@ an unsigned or tampered call is answered 403 and recorded in
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from closeloop.app import App
 from closeloop.channels.twilio import signature_ok
-from closeloop.web.auth import public
+from closeloop.web.auth import public_router
 
 TWIML = "application/xml"
 
@@ -24,7 +24,7 @@ def _reject(app: App, path: str, remote: str, reason: str) -> None:
 
 
 def router(app: App) -> APIRouter:
-    routes = APIRouter(dependencies=[Depends(public("the provider's signature"))])
+    routes = public_router("the provider's signature")
 
     async def verified(request: Request) -> dict[str, str] | None:
         form = {k: str(v) for k, v in (await request.form()).items()}
