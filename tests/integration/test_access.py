@@ -83,8 +83,9 @@ FILL = {
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Any:
-    built = build(Settings(data_dir=tmp_path, workflows=[EXAMPLE]), clock=SimClock(NOW))
+def app(tmp_path: Path, database_url: str) -> Any:
+    settings = Settings(data_dir=tmp_path, database_url=database_url, workflows=[EXAMPLE])
+    built = build(settings, clock=SimClock(NOW))
     yield built
     built.close()
 

@@ -198,35 +198,28 @@ class Staff:
     def sign_in(self, username: str, password: str, *, remote: str = "") -> tuple[str, Principal]:
         """A new session's id and principal; SignInError (one message for every cause)."""
         now = self.clock.now()
-        with self.store.transaction() as tx:
+        with self.store.read() as tx:
             user = tx.user(username)
-            stored = (user or {}).get("password_hash")
-            try:
-                _HASHER.verify(stored or _DUMMY, password)
-                matched = stored is not None
-            except (VerificationError, InvalidHashError):
-                matched = False
-            locked = user is not None and user["locked_until"] and user["locked_until"] > now
-            why = (
-                "no such user"
-                if user is None
-                else "disabled"
-                if user["disabled_at"] is not None
-                else "locked"
-                if locked
-                else ""
-                if matched
-                else "wrong password"
-            )
-            if why:
-                if user is not None and why == "wrong password":
-                    failures = user["failed_sign_ins"] + 1
-                    lock = now + LOCKOUT if failures >= MAX_FAILURES else None
-                    tx.update_user(
-                        username, failed_sign_ins=0 if lock else failures, locked_until=lock
-                    )
+        stored = (user or {}).get("password_hash")
+        try:  # outside any write transaction: a hash takes tens of milliseconds
+            _HASHER.verify(stored or _DUMMY, password)
+            matched = stored is not None
+        except (VerificationError, InvalidHashError):
+            matched = False
+        if user is None:
+            why = "no such user"
+        elif user["disabled_at"] is not None:
+            why = "disabled"
+        elif user["locked_until"] and user["locked_until"] > now:
+            why = "locked"
+        else:
+            why = "" if matched else "wrong password"
+        if why:
+            with self.store.transaction() as tx:
+                wrong = why == "wrong password"
+                if wrong and tx.count_failed_sign_in(username) >= MAX_FAILURES:
+                    tx.update_user(username, failed_sign_ins=0, locked_until=now + LOCKOUT)
                 self._audit(tx, username[:120], "sign_in", "failure", why, remote)
-        if why:  # the refusal is recorded (the failure count committed) before it is raised
             raise SignInError()
         assert user is not None
         if stored and _HASHER.check_needs_rehash(stored):

@@ -43,6 +43,16 @@ class StaffQueries:
         stmt = staff_users.update().where(staff_users.c.username == username).values(**values)
         return self.c.execute(stmt).rowcount == 1
 
+    def count_failed_sign_in(self, username: str) -> int:
+        """One more wrong password, counted in the database (two at once both count)."""
+        stmt = (
+            staff_users.update()
+            .where(staff_users.c.username == username)
+            .values(failed_sign_ins=staff_users.c.failed_sign_ins + 1)
+            .returning(staff_users.c.failed_sign_ins)
+        )
+        return int(self.c.execute(stmt).scalar_one())
+
     # -- sessions ------------------------------------------------------------
     def save_staff_session(self, row: dict[str, Any]) -> None:
         self.c.execute(staff_sessions.insert(), row)
