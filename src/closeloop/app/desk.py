@@ -11,10 +11,9 @@ anything else, and it closes the exception in the same transaction.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
-from closeloop.app.dispatch import writeback_state
+from closeloop.app.dispatch import writeback_view
 from closeloop.app.runtime import Runtime
 from closeloop.app.staff import Principal
 from closeloop.clock import Clock
@@ -50,6 +49,11 @@ class Desk:
             row["age_seconds"] = (now - row["opened_at"]).total_seconds()
             row["overdue"] = row["due_at"] <= now
         return rows
+
+    def queues(self) -> list[str]:
+        """The queues with open exceptions."""
+        with self.store.read() as tx:
+            return tx.open_queues()
 
     def claim(self, exception_id: str, agent: Principal) -> None:
         with self.store.transaction() as tx:
@@ -169,22 +173,6 @@ class Desk:
                     "source": "message",
                 }
             )
-        wbs = []
-        for w in writebacks:
-            state = writeback_state(w)
-            result = w["result"] or {}
-            wbs.append(
-                {
-                    "operation": w["operation"],
-                    "argument": w["argument"],
-                    "state": state,
-                    "attempts": w["attempts"],
-                    "key": w["idempotency_key"],
-                    "reference": result.get("reference") or "",
-                    "error": result.get("error") or "",
-                    "at": w["updated_at"],
-                }
-            )
         for d in docs:
             timeline.append(
                 {
@@ -205,12 +193,9 @@ class Desk:
             "exceptions": exceptions,
             "eligibility": [h for h in history if h["kind"] in ("opened", "ineligible")],
             "identity": [h for h in history if h["kind"].startswith("identity_")],
-            "writebacks": wbs,
+            "writebacks": [writeback_view(w) for w in writebacks],
             "messages": messages,
             "documents": docs,
             "timeline": timeline,
             "contacts": [c.channel for c in case.contacts if c.consent],
         }
-
-    def now(self) -> datetime:
-        return self.clock.now()

@@ -682,6 +682,20 @@ def writeback_state(row: Mapping[str, Any]) -> str:
     return "unknown" if result.get("retryable") and reached else "failed"
 
 
+def writeback_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A writeback as `case show` and the agent's case page show it."""
+    result = row.get("result") or {}
+    return {
+        "operation": row["operation"],
+        "argument": row["argument"],
+        "state": writeback_state(row),
+        "attempts": row["attempts"],
+        "idempotency_key": row["idempotency_key"],
+        "reference": result.get("reference") or None,
+        "last_error": result.get("error") or None,
+    }
+
+
 @dataclass
 class _Tally:
     """What one batch of sends adds to the metrics, applied after its commit."""

@@ -84,6 +84,11 @@ def schema_of(table: str, personal: bool = False) -> pa.Schema:
     return schema
 
 
+def pseudonym(key: bytes, value: str, prefix: str = "acct") -> str:
+    """`value` under the export key: always the same pseudonym, and no way back without it."""
+    return f"{prefix}_{hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:24]}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Exported:
     table: str
@@ -142,10 +147,7 @@ class _Shape:
         self.personal = personal
 
     def _pseudonym(self, account_id: str) -> str:
-        if self.personal:
-            return account_id
-        digest = hmac.new(self.key, account_id.encode(), hashlib.sha256).hexdigest()
-        return f"acct_{digest[:24]}"
+        return account_id if self.personal else pseudonym(self.key, account_id)
 
     def cases(self, r: dict[str, Any]) -> dict[str, Any]:
         return {

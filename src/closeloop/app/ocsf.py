@@ -17,8 +17,6 @@ unless an admin asks for personal data.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from closeloop.app.export import pseudonym
 from closeloop.app.telemetry import scrub
 from closeloop.store import Store
 
@@ -94,7 +93,7 @@ class Mapper:
     def _digest(self, value: str, prefix: str) -> str:
         if self.personal:
             return value
-        return f"{prefix}_{hmac.new(self.key, value.encode(), hashlib.sha256).hexdigest()[:24]}"
+        return pseudonym(self.key, value, prefix)
 
     def staff(self, r: dict[str, Any]) -> dict[str, Any]:
         status = SUCCESS if r["outcome"] == "success" else FAILURE

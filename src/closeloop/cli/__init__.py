@@ -339,7 +339,7 @@ def link(case_id: str, channel: Annotated[str, typer.Option()] = "sms") -> None:
 @case_cli.command("show")
 def case_show(case_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Print a case, its whole history and where each of its writebacks stands."""
-    from closeloop.app.dispatch import writeback_state
+    from closeloop.app.dispatch import writeback_view
 
     app = build(_settings())
     try:
@@ -349,18 +349,7 @@ def case_show(case_id: str, as_json: Annotated[bool, typer.Option("--json")] = F
             rows = tx.writebacks(case_id)
     finally:
         app.close()
-    writebacks = [
-        {
-            "operation": r["operation"],
-            "argument": r["argument"],
-            "state": writeback_state(r),
-            "attempts": r["attempts"],
-            "idempotency_key": r["idempotency_key"],
-            "reference": (r["result"] or {}).get("reference") or None,
-            "last_error": (r["result"] or {}).get("error") or None,
-        }
-        for r in rows
-    ]
+    writebacks = [writeback_view(r) for r in rows]
     if as_json:
         print(
             json.dumps(

@@ -116,6 +116,10 @@ class StaffQueries:
         stmt = stmt.order_by(exceptions.c.due_at, exceptions.c.id).limit(limit)
         return [dict(r._mapping) for r in self.c.execute(stmt)]
 
+    def open_queues(self) -> list[str]:
+        stmt = sa.select(sa.distinct(exceptions.c.queue)).where(exceptions.c.status == "open")
+        return sorted(self.c.execute(stmt).scalars())
+
     def exception(self, exception_id: str) -> dict[str, Any] | None:
         row = self.c.execute(sa.select(exceptions).where(exceptions.c.id == exception_id)).first()
         return dict(row._mapping) if row else None

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from datetime import datetime
-from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.datastructures import FormData
 
 from closeloop.app import App
@@ -29,7 +26,6 @@ from closeloop.app.oidc import SignOnError, SingleSignOn
 from closeloop.app.overview import overview
 from closeloop.app.staff import Principal, SignInError
 from closeloop.errors import InputError, NotFound, StateError
-from closeloop.web import charts
 from closeloop.web.auth import (
     COOKIE,
     Forbidden,
@@ -40,7 +36,8 @@ from closeloop.web.auth import (
     require,
     sign_in_url,
 )
-from closeloop.web.report import report_context, rollout_charts
+from closeloop.web.pages import pages, stylesheet
+from closeloop.web.report import render_report, rollout_charts
 
 HEADERS = {
     "Cache-Control": "no-store",
@@ -53,38 +50,6 @@ HEADERS = {
 }
 ROLLOUT_ACTIONS = ("promote", "hold", "halt", "resume")
 CASE_ACTIONS = ("retry", "resolve", "new_link", "close")
-
-pages = Environment(
-    loader=PackageLoader("closeloop.web", "templates"),
-    autoescape=select_autoescape(["html"]),
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-pages.globals["charts"] = charts
-
-
-def _when(value: datetime | str | None) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _age(seconds: float) -> str:
-    hours = seconds / 3600
-    return f"{hours / 24:.1f} d" if hours >= 48 else f"{hours:.1f} h"
-
-
-def _pct(value: float | None) -> str:
-    return "\u2013" if value is None else f"{value:.1%}"  # an en dash: no value
-
-
-pages.filters.update(when=_when, age=_age, pct=_pct)
-
-
-def stylesheet() -> str:
-    return (resources.files("closeloop.web") / "static" / "console.css").read_text()
 
 
 def render(
@@ -151,11 +116,12 @@ def router(app: App) -> APIRouter:
     routes = APIRouter(prefix="/console", include_in_schema=False)
     viewer, agent = require("viewer", app.staff), require("agent", app.staff)
     operator = require("operator", app.staff)
-    css = stylesheet()
 
     @routes.get("/assets/console.css", dependencies=[Depends(public("a stylesheet"))])
     async def console_css() -> Response:
-        return Response(css, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
+        return Response(
+            stylesheet(), media_type="text/css", headers={"Cache-Control": "max-age=3600"}
+        )
 
     # -- signing in and out --------------------------------------------------------------
     @routes.get("/sign-in", dependencies=[Depends(public("where staff sign in"))])
@@ -198,16 +164,14 @@ def router(app: App) -> APIRouter:
         sso = SingleSignOn(app.settings, data_key(app.settings.data_dir, "oidc"))
     flow_cookie = "__Host-closeloop-oidc"
 
+    def unconfigured() -> Response:
+        return render("missing.html", None, status=404, title="Not configured",
+                      what="Single sign-on is not configured here.")  # fmt: skip
+
     @routes.get("/oidc/start", dependencies=[Depends(public("where single sign-on begins"))])
     def oidc_start(next: str = "/console") -> Response:
         if sso is None:
-            return render(
-                "missing.html",
-                None,
-                status=404,
-                title="Not configured",
-                what="Single sign-on is not configured here.",
-            )
+            return unconfigured()
         started = sso.start(_safe_next(next))
         response = RedirectResponse(started.url, status_code=303, headers=HEADERS)
         response.set_cookie(
@@ -226,13 +190,7 @@ def router(app: App) -> APIRouter:
     )
     def oidc_callback(request: Request, code: str = "", state: str = "") -> Response:
         if sso is None:
-            return render(
-                "missing.html",
-                None,
-                status=404,
-                title="Not configured",
-                what="Single sign-on is not configured here.",
-            )
+            return unconfigured()
         try:
             username, target = sso.finish(
                 request.cookies.get(flow_cookie, ""), code=code, state=state
@@ -335,7 +293,7 @@ def router(app: App) -> APIRouter:
     @routes.get("/report")
     def report(me: Principal = Depends(viewer)) -> Response:
         nonce = secrets.token_urlsafe(16)  # the report carries its stylesheet inline
-        html = pages.get_template("report.html").render(css=css, nonce=nonce, **report_context(app))
+        html = render_report(app, nonce=nonce)
         policy = HEADERS["Content-Security-Policy"].replace(
             "style-src 'self'", f"style-src 'nonce-{nonce}'"
         )
@@ -343,18 +301,10 @@ def router(app: App) -> APIRouter:
 
     # -- the agent's pages --------------------------------------------------------------
     @routes.get("/exceptions")
-    def exceptions(request: Request, queue: str = "", me: Principal = Depends(agent)) -> Response:
+    def exceptions(queue: str = "", me: Principal = Depends(agent)) -> Response:
         rows = app.desk.queue(queue or None)
-        queues = sorted({r["queue"] for r in app.desk.queue()})
-        return render(
-            "exceptions.html",
-            me,
-            title="Exceptions",
-            rows=rows,
-            queues=queues,
-            queue=queue,
-            error=request.query_params.get("error", ""),
-        )
+        return render("exceptions.html", me, title="Exceptions", rows=rows,
+                      queues=app.desk.queues(), queue=queue)  # fmt: skip
 
     @routes.post("/exceptions/{exception_id}/{action}")
     async def claim(

@@ -18,6 +18,7 @@ from markupsafe import Markup
 from closeloop.app import App
 from closeloop.app.overview import overview
 from closeloop.web import charts
+from closeloop.web.pages import pages, stylesheet
 
 
 def _days(first: str, last: str) -> list[str]:
@@ -104,11 +105,16 @@ def report_context(app: App) -> dict[str, Any]:
     }
 
 
+def render_report(app: App, *, nonce: str | None = None) -> str:
+    """The report's HTML; `nonce` marks its inline stylesheet for a page's CSP."""
+    return pages.get_template("report.html").render(
+        css=stylesheet(), nonce=nonce, **report_context(app)
+    )
+
+
 def write_report(app: App, out: Path) -> Path:
     """Write the report to `out` (a file) and return its path."""
-    from closeloop.web.console import pages, stylesheet
-
-    html = pages.get_template("report.html").render(css=stylesheet(), **report_context(app))
+    html = render_report(app)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
     return out
